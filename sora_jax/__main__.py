@@ -1,0 +1,3 @@
+from sora_jax.main import run
+
+run()

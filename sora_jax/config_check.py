@@ -1,0 +1,142 @@
+"""Validation of a config before any work (and any compile) starts.
+
+Every problem is a `ConfigError` whose message is one line naming the field, the bad
+value and what is allowed, so the entry point can print it and exit.
+"""
+import os
+
+MODES = ("data", "train_vae", "encode", "train", "sample", "eval", "benchmark")
+TASKS = ("t2v", "t2i", "i2v", "extend", "extend_backward", "loop", "interpolate", "edit", "long")
+SOLVERS = ("euler", "heun")
+ATTENTION = ("xla", "cudnn", "splash", "blockwise", "ulysses", "ring")
+REMAT = ("none", "full", "dots", "dots_no_batch")
+DTYPES = ("float32", "bfloat16")
+COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message says what is allowed."""
+
+
+def _one_of(name, value, allowed):
+  if value not in allowed:
+    raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
+
+
+def check_frames(name: str, frames: int) -> None:
+  """Frames must be 1+4k: the causal VAE keeps the first frame alone."""
+  if frames < 1 or (frames - 1) % 4:
+    lo = max(1, (frames - 1) // 4 * 4 + 1)
+    raise ConfigError(
+        f"{name}={frames} frames is not 1+4k (the causal VAE compresses time x4 after the "
+        f"first frame); use {lo} or {lo + 4}")
+
+
+def parse_buckets(spec: str) -> list[tuple[int, int, int]]:
+  """'17x32x32,1x32x32' -> [(17, 32, 32), (1, 32, 32)], each checked."""
+  out = []
+  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    parts = item.lower().split("x")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+      raise ConfigError(
+          f"data.buckets item {item!r} is not FRAMESxHEIGHTxWIDTH (e.g. '17x32x32,1x32x32')")
+    t, h, w = (int(p) for p in parts)
+    check_frames(f"data.buckets {item}", t)
+    if h < 16 or w < 16:
+      raise ConfigError(f"data.buckets item {item!r}: height and width must be >= 16")
+    out.append((t, h, w))
+  if not out:
+    raise ConfigError("data.buckets is empty; give at least one FRAMESxHEIGHTxWIDTH")
+  return out
+
+
+def parse_weights(spec: str, names) -> dict[str, float]:
+  """'a=0.5,b=0.5' -> {'a': 0.5, 'b': 0.5}, names checked, normalised to sum 1."""
+  out = {}
+  for item in [s.strip() for s in spec.split(",") if s.strip()]:
+    if "=" not in item:
+      raise ConfigError(f"{item!r} is not name=probability")
+    k, v = item.split("=", 1)
+    _one_of("conditioning mask", k.strip(), names)
+    out[k.strip()] = float(v)
+  total = sum(out.values())
+  if total <= 0:
+    raise ConfigError(f"probabilities {spec!r} sum to {total}; they must be positive")
+  return {k: v / total for k, v in out.items()}
+
+
+def latent_grid_error(cfg, frames: int, height: int, width: int) -> str | None:
+  """Why (frames, height, width) cannot be sampled by this model, or None."""
+  spatial = 2 ** (len(cfg.vae.dim_mult) - 1)
+  temporal = 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
+  pt, ph, pw = cfg.dit.patch_size
+  if (frames - 1) % temporal:
+    return f"frames={frames} must be 1+{temporal}k for this VAE"
+  lt = 1 + (frames - 1) // temporal
+  for name, size in (("height", height), ("width", width)):
+    if size % (spatial * (ph if name == "height" else pw)):
+      step = spatial * (ph if name == "height" else pw)
+      return (f"{name}={size} is not a multiple of {step} (VAE x{spatial} times patch); "
+              f"use {size // step * step or step} or {(size // step + 1) * step}")
+  if lt % pt:
+    return f"frames={frames} gives {lt} latent frames, not a multiple of the time patch {pt}"
+  return None
+
+
+def check(cfg, mode: str) -> None:
+  """Raises ConfigError for the first field that cannot work in `mode`."""
+  _one_of("--mode", mode, MODES)
+  _one_of("data.name", cfg.data.name, ("shapes_world", "video_folder"))
+  parse_buckets(cfg.data.buckets)
+  if cfg.data.name == "video_folder" and mode == "data" and not cfg.data.video_dir:
+    raise ConfigError("data.name='video_folder' needs data.video_dir=FOLDER of videos + captions")
+  if cfg.data.video_dir and not os.path.isdir(cfg.data.video_dir):
+    raise ConfigError(f"data.video_dir={cfg.data.video_dir!r} is not a folder")
+  _one_of("data.caption_field", cfg.data.caption_field, ("caption", "prompt", "both"))
+  if cfg.data.batch_size < 1:
+    raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+  if len(cfg.vae.temporal_downsample) != len(cfg.vae.dim_mult) - 1:
+    raise ConfigError(
+        f"vae.temporal_downsample has {len(cfg.vae.temporal_downsample)} entries; it needs one "
+        f"per downsampling (len(vae.dim_mult) - 1 = {len(cfg.vae.dim_mult) - 1})")
+  _one_of("text.encoder", cfg.text.encoder, ("minilm", "umt5", "t5"))
+  if cfg.dit.dim % cfg.dit.num_heads:
+    raise ConfigError(f"dit.dim={cfg.dit.dim} is not divisible by dit.num_heads={cfg.dit.num_heads}")
+  if (cfg.dit.dim // cfg.dit.num_heads) % 2:
+    raise ConfigError("dit.dim / dit.num_heads must be even (3D RoPE rotates pairs)")
+  _one_of("dit.attention", cfg.dit.attention, ATTENTION)
+  _one_of("dit.remat_policy", cfg.dit.remat_policy, REMAT)
+  _one_of("dit.dtype", cfg.dit.dtype, DTYPES)
+  _one_of("dit.param_dtype", cfg.dit.param_dtype, DTYPES)
+  _one_of("diffusion.prediction", cfg.diffusion.prediction, ("x0", "v"))
+  parse_weights(cfg.diffusion.cond_masks, COND_MASKS)
+  for k in ("num_steps", "log_every", "checkpoint_every"):
+    if cfg.train[k] < 1:
+      raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")
+  for k in ("data", "fsdp", "sequence", "tensor"):
+    if cfg.mesh[k] == 0 or cfg.mesh[k] < -1:
+      raise ConfigError(f"mesh.{k}={cfg.mesh[k]} must be a positive size or -1 (fill)")
+  if mode in ("sample", "eval"):
+    s = cfg.sample
+    _one_of("sample.task", s.task, TASKS)
+    _one_of("sample.solver", s.solver, SOLVERS)
+    check_frames("sample.num_frames", s.num_frames)
+    if s.steps < 1:
+      raise ConfigError(f"sample.steps={s.steps} must be >= 1")
+    if not 0.0 < s.strength <= 1.0:
+      raise ConfigError(f"sample.strength={s.strength} must be in (0, 1]")
+    if s.task != "long":  # long checks its window instead of the total length.
+      frames = 1 if s.task == "t2i" else s.num_frames  # t2i always renders one frame.
+      err = latent_grid_error(cfg, frames, s.height, s.width)
+      if err:
+        raise ConfigError(f"sample: {err}")
+    if s.prompts_file and not os.path.isfile(s.prompts_file):
+      raise ConfigError(f"sample.prompts_file={s.prompts_file!r} does not exist")
+    needs = {"i2v": ("image",), "interpolate": ("image", "end_image"),
+             "extend": ("video",), "extend_backward": ("video",), "edit": ("video",)}
+    if mode == "sample":
+      for field in needs.get(s.task, ()):
+        if not s[field]:
+          raise ConfigError(f"sample.task={s.task!r} needs sample.{field}=PATH")
+        if not os.path.isfile(s[field]):
+          raise ConfigError(f"sample.{field}={s[field]!r} does not exist")

@@ -1,0 +1,188 @@
+"""Every configurable field of sora_jax, with its default.
+
+Config files under `configs/` start from `base_config()` and change what their target
+needs; nothing outside this file invents new keys, so an unknown `--config.x.y=v` is
+always a clear error (ml_collections refuses keys that do not exist here).
+
+The docs' configuration reference is generated from this file (scripts/config_doc.py),
+so each field's comment here is its documentation.
+"""
+import ml_collections
+
+C = ml_collections.ConfigDict
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Returns the full default config (the CPU ShapesWorld demo sizes)."""
+  cfg = C()
+  cfg.seed = 0  # Global seed: parameters, noise, data order all derive from it.
+
+  # ---------------------------------------------------------------- data
+  cfg.data = C()
+  cfg.data.name = "shapes_world"  # 'shapes_world' or 'video_folder'.
+  cfg.data.data_dir = ""  # Where built TFDS data sets live; '' means WORKDIR/data.
+  # (frames x height x width) buckets, comma separated; frames must be 1+4k.
+  cfg.data.buckets = "17x32x32,1x32x32"
+  cfg.data.num_train = 2000  # ShapesWorld training clips (spread over buckets).
+  cfg.data.num_val = 128  # ShapesWorld validation clips.
+  cfg.data.two_object_fraction = 0.5  # Share of ShapesWorld clips with two objects.
+  cfg.data.fps = 8  # Frames per second clips are resampled to / written at.
+  cfg.data.video_dir = ""  # video_folder: folder of videos + captions.
+  cfg.data.caption_field = "caption"  # Which text conditions training: 'caption' or 'prompt' or 'both'.
+  cfg.data.batch_size = 16  # Global batch size (all processes together).
+  cfg.data.shuffle_seed = 0  # Seed of the epoch shuffles.
+  cfg.data.worker_count = 0  # Grain worker processes (0: in the main process).
+  cfg.data.prefetch = 2  # Batches prefetched per worker / main thread.
+  cfg.data.bucket_weights = ""  # Comma-separated sampling weights per bucket; '' = by size.
+
+  # ---------------------------------------------------------------- video VAE
+  cfg.vae = C()
+  cfg.vae.base_dim = 32  # Channels of the first stage (Wan 2.1: 96).
+  cfg.vae.z_dim = 8  # Latent channels (Wan 2.1: 16).
+  cfg.vae.dim_mult = (1, 2, 2)  # Channel multiplier per stage; len-1 downsamplings.
+  cfg.vae.num_res_blocks = 1  # Residual blocks per stage (Wan 2.1: 2).
+  cfg.vae.attn_scales = ()  # Scales with spatial attention (Wan 2.1: none).
+  cfg.vae.temporal_downsample = (True, True)  # Which downsamplings also halve time.
+  cfg.vae.dropout = 0.0
+  cfg.vae.latents_mean = ()  # Per-channel latent mean (Wan 2.1 ships one); () = learned stats.
+  cfg.vae.latents_std = ()  # Per-channel latent std; () = use statistics from `encode`.
+  cfg.vae.chunk_frames = 4  # Latent-frame chunk for chunked encode/decode (memory bound).
+
+  cfg.vae_train = C()
+  cfg.vae_train.lr = 1e-3
+  cfg.vae_train.warmup_steps = 100
+  cfg.vae_train.weight_decay = 0.0
+  cfg.vae_train.grad_clip = 1.0
+  cfg.vae_train.batch_size = 8
+  cfg.vae_train.l1_weight = 1.0
+  cfg.vae_train.l2_weight = 1.0
+  cfg.vae_train.kl_weight = 1e-6
+  cfg.vae_train.disc_start = -1  # Step the 3D patch discriminator starts (-1: never).
+  cfg.vae_train.disc_weight = 0.1
+  cfg.vae_train.ema_decay = 0.999
+  cfg.vae_train.image_fraction = 0.25  # Share of each batch drawn from T=1 buckets when present.
+
+  # ---------------------------------------------------------------- text encoder
+  cfg.text = C()
+  cfg.text.encoder = "minilm"  # 'minilm' (all-MiniLM-L6-v2), 'umt5' or 't5' (Flax, local weights).
+  cfg.text.path = ""  # Local folder of HF safetensors for umt5/t5; '' for minilm (package).
+  cfg.text.max_length = 32  # Tokens kept per caption (padded / truncated).
+  cfg.text.dim = 384  # Hidden size the encoder emits (must match the encoder).
+
+  # ---------------------------------------------------------------- diffusion transformer
+  cfg.dit = C()
+  cfg.dit.patch_size = (1, 2, 2)  # (t, h, w) patch over latents.
+  cfg.dit.dim = 192  # Hidden width.
+  cfg.dit.ffn_dim = 768  # MLP hidden width.
+  cfg.dit.num_heads = 4
+  cfg.dit.num_layers = 6
+  cfg.dit.freq_dim = 256  # Sinusoidal timestep embedding size.
+  cfg.dit.qk_norm = True  # RMS-norm on queries and keys.
+  cfg.dit.cross_attn_norm = True
+  cfg.dit.eps = 1e-6
+  cfg.dit.scan_layers = True  # Layers under nn.scan (one compiled block).
+  cfg.dit.remat_policy = "none"  # 'none', 'full', 'dots', 'dots_no_batch'.
+  cfg.dit.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'.
+  cfg.dit.param_dtype = "float32"
+  # Attention kernel: 'xla', 'cudnn' (GPU flash), 'splash' (TPU), 'blockwise'
+  # (memory-linear), 'ulysses' / 'ring' (sequence parallel over mesh axis 'sequence').
+  cfg.dit.attention = "xla"
+  cfg.dit.attention_block = 512  # Block size for blockwise / ring attention.
+
+  # ---------------------------------------------------------------- objective
+  cfg.diffusion = C()
+  cfg.diffusion.prediction = "x0"  # What the network outputs: 'x0' or 'v' (loss is on v).
+  cfg.diffusion.t_mean = 0.0  # Logit-normal timestep distribution.
+  cfg.diffusion.t_std = 1.0
+  cfg.diffusion.shift = 1.0  # Base timestep shift; scaled by sqrt(tokens / shift_base_tokens).
+  cfg.diffusion.shift_base_tokens = 256
+  cfg.diffusion.shift_resolution_dependent = True
+  cfg.diffusion.caption_dropout = 0.1  # Probability a caption is dropped (CFG).
+  # Conditioning-mask mix: name=probability (normalised). Conditioned latent frames are clean (t=0).
+  cfg.diffusion.cond_masks = "none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1"
+
+  # ---------------------------------------------------------------- training
+  cfg.train = C()
+  cfg.train.num_steps = 3000  # Steps to run to (train and train_vae).
+  cfg.train.log_every = 50
+  cfg.train.checkpoint_every = 500
+  cfg.train.keep_checkpoints = 3
+  cfg.train.lr = 1e-3
+  cfg.train.warmup_steps = 200
+  cfg.train.min_lr_ratio = 0.1  # Cosine decays to lr * min_lr_ratio.
+  cfg.train.weight_decay = 0.01
+  cfg.train.b1 = 0.9
+  cfg.train.b2 = 0.99
+  cfg.train.grad_clip = 1.0
+  cfg.train.ema_decay = 0.999
+  cfg.train.lora_rank = 0  # >0: train LoRA adapters only (see Wan configs).
+  cfg.train.lora_alpha = 16.0
+  cfg.train.lora_targets = "q,k,v,o"
+  cfg.train.tensorboard = True
+
+  # ---------------------------------------------------------------- sampling
+  cfg.sample = C()
+  cfg.sample.prompt = "a red circle moving left"
+  cfg.sample.prompts_file = ""  # UTF-8, one prompt a line; overrides `prompt`.
+  # t2v, t2i, i2v, extend, extend_backward, loop, interpolate, edit, long
+  cfg.sample.task = "t2v"
+  cfg.sample.num_frames = 17  # 1+4k.
+  cfg.sample.height = 32
+  cfg.sample.width = 32
+  cfg.sample.seed = 0
+  cfg.sample.steps = 30
+  cfg.sample.solver = "euler"  # 'euler' or 'heun'.
+  cfg.sample.shift = -1.0  # Sampling schedule shift; <0: the training rule for this size.
+  cfg.sample.cfg_scale = 4.0
+  cfg.sample.use_ema = True
+  cfg.sample.image = ""  # i2v / interpolate start image (or clip) path.
+  cfg.sample.end_image = ""  # interpolate end image (or clip) path.
+  cfg.sample.video = ""  # extend / extend_backward / edit / loop source clip path.
+  cfg.sample.strength = 0.7  # edit: how far toward noise the input is pushed (0..1).
+  cfg.sample.cond_frames = 5  # extend: how many given pixel frames condition the new ones.
+  cfg.sample.long_window = 17  # long: frames per window.
+  cfg.sample.long_overlap = 5  # long: frames shared between consecutive windows.
+  cfg.sample.output_dir = ""  # '' means WORKDIR/samples.
+  cfg.sample.batch_size = 8  # Samples denoised together.
+  cfg.sample.gif = True  # Also write a .gif beside each .mp4.
+
+  # ---------------------------------------------------------------- evaluation
+  cfg.eval = C()
+  cfg.eval.num_prompts = 32  # Validation prompts sampled for adherence.
+  cfg.eval.num_vae_clips = 64  # Validation clips for VAE PSNR/SSIM.
+  cfg.eval.tasks = "t2v,i2v,extend,interpolate,loop"  # Task-fidelity figures computed.
+  cfg.eval.steps = 30
+  cfg.eval.cfg_scale = 4.0
+
+  # ---------------------------------------------------------------- mesh / sharding
+  cfg.mesh = C()
+  cfg.mesh.data = -1  # -1 fills with the devices left.
+  cfg.mesh.fsdp = 1
+  cfg.mesh.sequence = 1
+  cfg.mesh.tensor = 1
+  cfg.mesh.dcn_data = 1  # Multi-slice: data-parallel replicas across slices (DCN).
+  # Logical axis -> mesh axes. Parameters and activations name logical axes only.
+  cfg.mesh.rules = (
+      ("batch", ("data", "fsdp")),
+      ("tokens", "sequence"),
+      ("embed", "fsdp"),
+      ("heads", "tensor"),
+      ("mlp", "tensor"),
+      ("kv", None),
+      ("text_tokens", None),
+      ("layers", None),
+      ("channels", None),
+  )
+
+  # ---------------------------------------------------------------- benchmark
+  cfg.benchmark = C()
+  cfg.benchmark.batch_size = 8
+  cfg.benchmark.num_frames = 17
+  cfg.benchmark.height = 32
+  cfg.benchmark.width = 32
+  cfg.benchmark.steps = 20  # Timed steps (median reported) after warm-up.
+  cfg.benchmark.warmup = 3
+  cfg.benchmark.matmul_size = 2048  # Peak FLOP/s probe matrix size.
+
+  cfg.weights = ""  # Open weights to load (Wan 2.1 safetensors folder); see configs/wan2_1_*.
+  return cfg

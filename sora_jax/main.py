@@ -1,0 +1,112 @@
+"""The one entry point: `python -m sora_jax --config=configs/X.py --workdir=DIR --mode=MODE`.
+
+Any config value can be overridden as `--config.a.b=value`; an unknown key, mode or a
+value that cannot work is a one-line error before anything is built or compiled.
+Each mode lives in its own module and is imported only when chosen, so `--mode=data`
+never pays for the model code.
+"""
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from sora_jax import config_check
+
+# mode -> "module:function"; each function takes (config, workdir).
+MODES = {
+    "data": "sora_jax.data.build:run",
+    "train_vae": "sora_jax.training.train_vae:run",
+    "encode": "sora_jax.data.encode:run",
+    "train": "sora_jax.training.train:run",
+    "sample": "sora_jax.sampling.sample:run",
+    "eval": "sora_jax.eval.evaluate:run",
+    "benchmark": "sora_jax.training.benchmark:run",
+}
+assert tuple(MODES) == config_check.MODES
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/NAME.py[:arg]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Working directory: data, checkpoints, samples.")
+_MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do.")
+
+
+def maybe_initialize_distributed() -> None:
+  """Multi-host: joins the job described by JAX_COORDINATOR_ADDRESS/NUM_PROCESSES/PROCESS_ID."""
+  addr = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  nproc = os.environ.get("JAX_NUM_PROCESSES")
+  pid = os.environ.get("JAX_PROCESS_ID")
+  if addr and nproc and pid:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.distributed.initialize(
+        coordinator_address=addr, num_processes=int(nproc), process_id=int(pid))
+    logging.info("jax.distributed: process %s of %s, %d global devices",
+                 pid, nproc, jax.device_count())
+  elif addr or nproc or pid:
+    raise config_check.ConfigError(
+        "multi-host needs all of JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID")
+
+
+def enable_compilation_cache(workdir: str) -> None:
+  """Persistent XLA cache: repeated runs (and tests) skip recompiling identical programs."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cache = os.environ.get("SORA_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
+                                                        "sora_jax_xla"))
+  jax.config.update("jax_compilation_cache_dir", cache)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  del workdir
+
+
+def resolve_mode(mode: str):
+  module, fn = MODES[mode].split(":")
+  return getattr(importlib.import_module(module), fn)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise config_check.ConfigError(f"unexpected arguments: {' '.join(argv[1:])}")
+  cfg = _CONFIG.value
+  if cfg is None:
+    raise config_check.ConfigError("--config=configs/NAME.py is required")
+  if not _WORKDIR.value:
+    raise config_check.ConfigError("--workdir=DIR is required")
+  config_check.check(cfg, _MODE.value)
+  maybe_initialize_distributed()
+  enable_compilation_cache(_WORKDIR.value)
+  os.makedirs(_WORKDIR.value, exist_ok=True)
+  resolve_mode(_MODE.value)(cfg, _WORKDIR.value)
+
+
+def _main_with_clear_errors(argv):
+  try:
+    main(argv)
+  except config_check.ConfigError as e:
+    print(f"sora_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def _flags_parser(argv):
+  """absl's parser, with flag/config errors printed as one line instead of a traceback."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"sora_jax: error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except (KeyError, AttributeError, ValueError, TypeError) as e:
+    # ml_collections raises these for unknown keys / wrong types in --config.a.b=v.
+    msg = str(e).strip("'\"").splitlines()[0]
+    bad = [a for a in argv if a.startswith("--config.") and msg in a.split("=", 1)[0]]
+    where = f" in {bad[0]}" if bad else ""
+    print(f"sora_jax: error: unknown or invalid config key {msg!r}{where}; every key is listed "
+          "in sora_jax/config_defaults.py", file=sys.stderr)
+    sys.exit(2)
+
+
+def run() -> None:
+  """Console script `sora-jax` and `python -m sora_jax`."""
+  app.run(_main_with_clear_errors, flags_parser=_flags_parser)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,16 @@
+"""Test setup shared by every test.
+
+8 virtual CPU devices so mesh tests run anywhere (single-device tests use device 0), and a
+persistent compilation cache so re-runs skip XLA compiles, which dominate small tests.
+"""
+import os
+
+os.environ.setdefault("SORA_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache"))
+
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_compilation_cache_dir", os.environ["SORA_JAX_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
