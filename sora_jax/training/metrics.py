@@ -1,0 +1,71 @@
+"""Training metrics: a progress line (loss, steps/s, ETA), `metrics.jsonl`, TensorBoard.
+
+Only process 0 writes; every process may call `log`.
+"""
+import json
+import os
+import sys
+import time
+
+import jax
+
+
+class MetricsLogger:
+  """Appends one JSON object per logged step to WORKDIR/<name>.jsonl and prints progress."""
+
+  def __init__(self, workdir: str, total_steps: int, start_step: int = 0,
+               tensorboard: bool = True, name: str = "metrics", tag: str = "train"):
+    self.active = jax.process_index() == 0
+    self.total = total_steps
+    self.tag = tag
+    self.path = os.path.join(workdir, f"{name}.jsonl")
+    self._t0 = time.time()
+    self._last_t = self._t0
+    self._last_step = start_step
+    self._start_step = start_step
+    self._tb = None
+    if self.active and tensorboard:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", tag))
+
+  def log(self, step: int, metrics: dict) -> dict:
+    """Writes `metrics` (python/numpy scalars) for `step`; returns the row written."""
+    now = time.time()
+    steps_per_s = (step - self._last_step) / max(now - self._last_t, 1e-9)
+    self._last_t, self._last_step = now, step
+    done = step - self._start_step
+    rate = done / max(now - self._t0, 1e-9)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()},
+           "steps_per_s": steps_per_s, "elapsed_s": now - self._t0}
+    if not self.active:
+      return row
+    with open(self.path, "a") as f:
+      f.write(json.dumps(row) + "\n")
+    if self._tb is not None:
+      for k, v in row.items():
+        if k != "step":
+          self._tb.add_scalar(f"{self.tag}/{k}", v, step)
+      self._tb.flush()
+    pct = 100.0 * step / max(self.total, 1)
+    bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
+    extras = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss")
+    print(f"[{self.tag}] [{bar}] step {step}/{self.total} loss={row.get('loss', float('nan')):.5f} "
+          f"{steps_per_s:.2f} steps/s ETA {_fmt(eta)} {extras}", file=sys.stdout, flush=True)
+    return row
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _fmt(seconds: float) -> str:
+  if seconds != seconds:  # nan
+    return "?"
+  seconds = int(seconds)
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def read_jsonl(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
