@@ -19,11 +19,13 @@ from sora_jax.training.optim import NonFiniteLoss, StopSignal
 def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[], Any],
                abstract_state: Any, step_fn: Callable, data_iter: Iterator,
                to_device: Callable[[dict], dict], tag: str = "train",
-               metrics_name: str = "metrics") -> Any:
+               metrics_name: str = "metrics",
+               eval_fn: Callable[[Any, int], dict] | None = None) -> Any:
   """Runs `state, metrics = step_fn(state, batch)` to `train_cfg.num_steps`; returns state.
 
   `abstract_state` (ShapeDtypeStructs with shardings) lets a restore place arrays exactly
-  as a fresh `init_state()` would; `data_iter` has get_state()/set_state().
+  as a fresh `init_state()` would; `data_iter` has get_state()/set_state(). `eval_fn(state,
+  step) -> metrics` runs at each checkpoint and its figures are logged with that step.
   """
   ckpt = Checkpointer(ckpt_dir, every=train_cfg.checkpoint_every, keep=train_cfg.keep_checkpoints)
   restored = ckpt.restore(abstract_state)
@@ -39,7 +41,7 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
   logger = MetricsLogger(workdir, total, start_step=step, tensorboard=train_cfg.tensorboard,
                          name=metrics_name, tag=tag)
   stop = StopSignal()
-  last_good = ckpt.latest_step()
+  last_good = ckpt.latest_step() if ckpt.latest_step() is not None else "none (no checkpoint yet)"
   pending = []
   try:
     while step < total:
@@ -62,6 +64,8 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
       if must_save:
         ckpt.maybe_save(step, state, data_iter.get_state(), force=True)
         last_good = step
+        if eval_fn is not None and not stop.requested:
+          logger.log(step, eval_fn(state, step))
       if stop.requested:
         print(f"[{tag}] stopped by signal at step {step}; checkpoint saved", flush=True)
         break

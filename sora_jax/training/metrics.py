@@ -31,27 +31,30 @@ class MetricsLogger:
   def log(self, step: int, metrics: dict) -> dict:
     """Writes `metrics` (python/numpy scalars) for `step`; returns the row written."""
     now = time.time()
-    steps_per_s = (step - self._last_step) / max(now - self._last_t, 1e-9)
-    self._last_t, self._last_step = now, step
-    done = step - self._start_step
-    rate = done / max(now - self._t0, 1e-9)
+    row = {"step": int(step), "mode": self.tag, **{k: float(v) for k, v in metrics.items()},
+           "elapsed_s": now - self._t0}
+    steps_per_s = 0.0
+    if step > self._last_step:  # a second row for the same step (evals) carries no timing
+      steps_per_s = (step - self._last_step) / max(now - self._last_t, 1e-9)
+      row["steps_per_s"] = steps_per_s
+      self._last_t, self._last_step = now, step
+    rate = (step - self._start_step) / max(now - self._t0, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float("nan")
-    row = {"step": int(step), **{k: float(v) for k, v in metrics.items()},
-           "steps_per_s": steps_per_s, "elapsed_s": now - self._t0}
     if not self.active:
       return row
     with open(self.path, "a") as f:
       f.write(json.dumps(row) + "\n")
     if self._tb is not None:
       for k, v in row.items():
-        if k != "step":
+        if k not in ("step", "mode"):
           self._tb.add_scalar(f"{self.tag}/{k}", v, step)
       self._tb.flush()
     pct = 100.0 * step / max(self.total, 1)
     bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
     extras = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss")
-    print(f"[{self.tag}] [{bar}] step {step}/{self.total} loss={row.get('loss', float('nan')):.5f} "
-          f"{steps_per_s:.2f} steps/s ETA {_fmt(eta)} {extras}", file=sys.stdout, flush=True)
+    loss = f"loss={row['loss']:.5f} " if "loss" in row else ""
+    print(f"[{self.tag}] [{bar}] step {step}/{self.total} {loss}{steps_per_s:.2f} steps/s "
+          f"ETA {_fmt(eta)} {extras}", file=sys.stdout, flush=True)
     return row
 
   def close(self) -> None:
