@@ -68,6 +68,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.text.path = ""  # Local folder of HF safetensors for umt5/t5; '' for minilm (package).
   cfg.text.max_length = 32  # Tokens kept per caption (padded / truncated).
   cfg.text.dim = 384  # Hidden size the encoder emits (must match the encoder).
+  cfg.text.dtype = "float32"  # umt5/t5 weight + compute dtype ('bfloat16' halves umT5-XXL); outputs are float32.
 
   # ---------------------------------------------------------------- diffusion transformer
   cfg.dit = C()
@@ -80,6 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.dit.qk_norm = True  # RMS-norm on queries and keys.
   cfg.dit.cross_attn_norm = True
   cfg.dit.eps = 1e-6
+  cfg.dit.dropout = 0.0  # Dropout on attention/MLP outputs when training (Wan: 0).
+  cfg.dit.rope_theta = 10000.0  # 3D RoPE base (Wan: 10000).
   cfg.dit.scan_layers = True  # Layers under nn.scan (one compiled block).
   cfg.dit.remat_policy = "none"  # 'none', 'full', 'dots', 'dots_no_batch'.
   cfg.dit.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'.
