@@ -26,8 +26,12 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.data.num_train = 2000  # ShapesWorld training clips (spread over buckets).
   cfg.data.num_val = 128  # ShapesWorld validation clips.
   cfg.data.two_object_fraction = 0.5  # Share of ShapesWorld clips with two objects.
+  cfg.data.seed = 0  # ShapesWorld content seed (apart from `seed`, so new runs reuse built data).
+  cfg.data.build_workers = 0  # Processes rendering / decoding clips in --mode=data (0: all cores).
   cfg.data.fps = 8  # Frames per second clips are resampled to / written at.
   cfg.data.video_dir = ""  # video_folder: folder of videos + captions.
+  cfg.data.val_fraction = 0.05  # video_folder: share of videos (at least one) held out for validation.
+  cfg.data.clips_per_video = 0  # video_folder: most clips cut from one video (0: all that fit).
   cfg.data.caption_field = "caption"  # Which text conditions training: 'caption' or 'prompt' or 'both'.
   cfg.data.batch_size = 16  # Global batch size (all processes together).
   cfg.data.shuffle_seed = 0  # Seed of the epoch shuffles.
