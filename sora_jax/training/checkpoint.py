@@ -72,3 +72,20 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def load_params(directory: str, use_ema: bool = True):
+  """Parameters (EMA or raw) from the newest orbax checkpoint in `directory`, on host.
+
+  Works for full training checkpoints and for exported ones holding only {'ema'}.
+  """
+  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  step = mngr.latest_step()
+  if step is None:
+    mngr.close()
+    raise FileNotFoundError(f"no checkpoint in {directory}")
+  tree = mngr.restore(step, args=ocp.args.StandardRestore())
+  mngr.close()
+  key = "ema" if (use_ema and "ema" in tree) or "params" not in tree else "params"
+  return tree[key], step
+

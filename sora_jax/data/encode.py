@@ -1,0 +1,248 @@
+"""`--mode=encode`: a video data set -> VAE latents + text embeddings, as a TFDS data set.
+
+Each record keeps the VAE posterior (`latent_mean`, `latent_std`, float32 t×h×w×C), so the
+DiT trainer draws a fresh latent sample every epoch, and the text encoder's token states
+of both the detailed `caption` and the short `prompt` (float16 L×D + bool mask), so
+neither encoder runs while training.
+
+Resumable: records are encoded in chunks (never straddling two buckets) staged as .npz
+files written atomically; a rerun skips the chunks already there, and the final
+array_record data set is assembled from the staged chunks in the source's record order
+(bucket-major, as the source). Process p encodes chunks i ≡ p (mod process_count).
+"""
+import json
+import os
+import shutil
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow_datasets as tfds
+from absl import logging
+
+from sora_jax import paths
+from sora_jax.data import build as build_lib
+from sora_jax.data import tfds_shapes
+from sora_jax.models import text_encoder as text_lib
+from sora_jax.models import vae as vae_lib
+from sora_jax.training import checkpoint
+
+CHUNK = 64  # Records per staged chunk (the unit of resumption).
+INFO = "info.json"
+NULL_TEXT = "null_text.npz"
+
+
+def latent_features(z_dim: int, text_len: int, text_dim: int) -> tfds.features.FeaturesDict:
+  lat = tfds.features.Tensor(shape=(None, None, None, z_dim), dtype=np.float32, encoding="zlib")
+  emb = tfds.features.Tensor(shape=(text_len, text_dim), dtype=np.float16)
+  mask = tfds.features.Tensor(shape=(text_len,), dtype=np.bool_)
+  return tfds.features.FeaturesDict({
+      "latent_mean": lat, "latent_std": lat,
+      "caption_emb": emb, "caption_mask": mask, "prompt_emb": emb, "prompt_mask": mask,
+      "prompt": tfds.features.Text(), "caption": tfds.features.Text(),
+      "spec": tfds.features.Text()})
+
+
+class EncodedLatents(tfds.core.ShardBasedBuilder):
+  """Latents + text embeddings assembled from the staged chunks of `--mode=encode`."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "VAE posterior + caption/prompt token states."}
+
+  def __init__(self, *, stage_dir: str, info: dict, **kwargs):
+    self._stage_dir = stage_dir
+    self._meta = info
+    kwargs.setdefault("file_format", "array_record")
+    super().__init__(**kwargs)
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    i = self._meta
+    return tfds.core.DatasetInfo(
+        builder=self, description=__doc__,
+        features=latent_features(i["z_dim"], i["text_len"], i["text_dim"]),
+        metadata=tfds.core.MetadataDict())
+
+  def _download_and_prepare(self, dl_manager, download_config=None):
+    self.info.metadata[tfds_shapes.BUCKETS] = self._meta["latent_shapes"]
+    self.info.metadata[tfds_shapes.BUCKET_RUNS] = self._meta["bucket_runs"]
+    super()._download_and_prepare(dl_manager, download_config)
+
+  def _shard_iterators_per_split(self, dl_manager):
+    del dl_manager
+    out = {}
+    for split, n in self._meta["num_records"].items():
+      if n:
+        out[split] = [self._shard_fn(split, n)]
+    return out
+
+  def _shard_fn(self, split: str, n: int):
+    runs = self._meta["bucket_runs"][split]
+    def generate():
+      for c, (lo, _) in enumerate(chunks(runs)):
+        with np.load(_chunk_path(self._stage_dir, split, c)) as z:
+          rows = {k: z[k] for k in z.files}
+        for j in range(len(rows["prompt"])):
+          yield lo + j, {k: (str(v[j]) if v.dtype.kind == "U" else v[j])
+                         for k, v in rows.items()}
+    del n
+    return generate
+
+
+def chunks(bucket_runs: list) -> list[tuple[int, int]]:
+  """[(first record, end record)] of CHUNK records at most, within one bucket run each."""
+  out, start = [], 0
+  for _, count in bucket_runs:
+    out += [(lo, min(lo + CHUNK, start + count)) for lo in range(start, start + count, CHUNK)]
+    start += count
+  return out
+
+
+def _chunk_path(stage_dir: str, split: str, c: int) -> str:
+  return os.path.join(stage_dir, split, f"{c:06d}.npz")
+
+
+def _builder(cfg, workdir: str, info: dict | None = None) -> EncodedLatents:
+  info = info or read_info(cfg, workdir)
+  root = paths.latents_dir(cfg, workdir)
+  return EncodedLatents(stage_dir=os.path.join(root, "staging"), info=info,
+                        data_dir=os.path.join(root, "tfds"))
+
+
+def read_info(cfg, workdir: str) -> dict:
+  path = os.path.join(paths.latents_dir(cfg, workdir), INFO)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
+  with open(path) as f:
+    return json.load(f)
+
+
+def null_text(cfg, workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  """(emb_LD float32, mask_L bool): the text encoder's encoding of the empty prompt."""
+  with np.load(os.path.join(paths.latents_dir(cfg, workdir), NULL_TEXT)) as z:
+    return z["emb"].astype(np.float32), z["mask"].astype(bool)
+
+
+def data_source(cfg, workdir: str, split: str):
+  """Random-access source over the encoded split + its bucket metadata."""
+  builder = _builder(cfg, workdir)
+  return builder.as_data_source(split=split), builder.info.metadata
+
+
+def make_latent_iterator(cfg, workdir: str, split: str = "train", **kw):
+  """Bucketed, shuffled, process-sharded, checkpointable batches of encoded records."""
+  from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  source, metadata = data_source(cfg, workdir, split)
+  return pipeline.make_source_iterator(cfg, source, metadata, split=split, **kw)
+
+
+def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
+  """uint8 clips + texts of one bucket -> arrays of one staged chunk."""
+  videos = np.stack([r["video"] for r in records]).astype(np.float32) / 127.5 - 1.0
+  means, stds = [], []
+  for i in range(0, len(videos), 16):  # bounded memory per encoder call
+    m, logvar = vae_apply(jnp.asarray(videos[i:i + 16]))
+    means.append(np.asarray(m))
+    stds.append(np.asarray(jnp.exp(0.5 * logvar)))
+  cap_emb, cap_mask = text([_text(r["caption"]) for r in records])
+  pr_emb, pr_mask = text([_text(r["prompt"]) for r in records])
+  return {"latent_mean": np.concatenate(means), "latent_std": np.concatenate(stds),
+          "caption_emb": np.asarray(cap_emb, np.float16), "caption_mask": np.asarray(cap_mask),
+          "prompt_emb": np.asarray(pr_emb, np.float16), "prompt_mask": np.asarray(pr_mask),
+          "prompt": np.array([_text(r["prompt"]) for r in records]),
+          "caption": np.array([_text(r["caption"]) for r in records]),
+          "spec": np.array([_text(r["spec"]) for r in records])}
+
+
+def _text(x) -> str:
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+def _atomic_savez(path: str, arrays: dict) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + ".tmp.npz"
+  np.savez(tmp, **arrays)
+  os.replace(tmp, path)
+
+
+def latent_statistics(stage_dir: str, num_chunks: int) -> dict:
+  """Per-channel mean/std of sampled latents z ~ N(mean, std²) over the train split."""
+  s1 = s2 = None
+  count = 0
+  for c in range(num_chunks):
+    with np.load(_chunk_path(stage_dir, "train", c)) as z:
+      m, s = z["latent_mean"].astype(np.float64), z["latent_std"].astype(np.float64)
+    axes = tuple(range(m.ndim - 1))
+    e1, e2 = m.sum(axes), (m ** 2 + s ** 2).sum(axes)
+    s1 = e1 if s1 is None else s1 + e1
+    s2 = e2 if s2 is None else s2 + e2
+    count += int(np.prod(m.shape[:-1]))
+  mean = s1 / count
+  std = np.sqrt(np.maximum(s2 / count - mean ** 2, 1e-12))
+  return {"mean": mean.tolist(), "std": std.tolist(), "count": count}
+
+
+def run(cfg, workdir: str) -> None:
+  t0 = time.time()
+  root = paths.latents_dir(cfg, workdir)
+  stage = os.path.join(root, "staging")
+  builder_dir = os.path.join(root, "tfds")
+  if os.path.exists(os.path.join(root, INFO)) and os.path.isdir(builder_dir):
+    info = read_info(cfg, workdir)
+    if info.get("complete"):
+      print(f"[encode] {root} is complete; delete it to re-encode", flush=True)
+      return
+  source_builder = build_lib.source_builder(cfg, paths.data_dir(cfg, workdir))
+  meta = source_builder.info.metadata
+  vae = vae_lib.vae_from_config(cfg)
+  params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True)
+  vae_apply = jax.jit(lambda x: vae.apply({"params": params}, x, method=vae.encode))
+  text = text_lib.load_text_encoder(cfg)
+  null_emb, null_mask = text([""])
+  os.makedirs(root, exist_ok=True)
+  null_path = os.path.join(root, NULL_TEXT)
+  np.savez(null_path, emb=np.asarray(null_emb[0]), mask=np.asarray(null_mask[0]))
+
+  pid, nproc = jax.process_index(), jax.process_count()
+  runs = meta[tfds_shapes.BUCKET_RUNS]
+  num_records = {}
+  for split in tfds_shapes.SPLITS:
+    if split not in runs:
+      continue
+    src = source_builder.as_data_source(split=split)
+    num_records[split] = len(src)
+    split_chunks = chunks(runs[split])
+    for c, (lo, hi) in enumerate(split_chunks):
+      path = _chunk_path(stage, split, c)
+      if c % nproc != pid or os.path.exists(path):
+        continue
+      _atomic_savez(path, _encode_chunk(vae_apply, text, [src[i] for i in range(lo, hi)]))
+      print(f"[encode] {split} chunk {c + 1}/{len(split_chunks)} ({time.time() - t0:.0f}s)",
+            flush=True)
+  if nproc > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("encode_staged")
+  if pid != 0:
+    return
+  latent_shapes = [list(vae.latent_shape(*b)[:3]) for b in meta[tfds_shapes.BUCKETS]]
+  info = {"source": source_builder.info.full_name, "vae_step": int(vae_step),
+          "z_dim": int(cfg.vae.z_dim), "text_len": int(null_emb.shape[1]),
+          "text_dim": int(null_emb.shape[2]), "latent_shapes": latent_shapes,
+          "bucket_runs": runs, "num_records": num_records,
+          "text_encoder": cfg.text.encoder}
+  with open(os.path.join(root, INFO), "w") as f:
+    json.dump(info, f)
+  stats = latent_statistics(stage, len(chunks(runs["train"])))
+  with open(paths.latent_stats(workdir), "w") as f:
+    json.dump(stats, f)
+  if os.path.isdir(builder_dir):
+    shutil.rmtree(builder_dir)
+  _builder(cfg, workdir, info).download_and_prepare()
+  info["complete"] = True
+  with open(os.path.join(root, INFO), "w") as f:
+    json.dump(info, f)
+  shutil.rmtree(stage)
+  logging.info("encode done")
+  print(f"[encode] wrote {sum(num_records.values())} records to {builder_dir} in "
+        f"{time.time() - t0:.0f}s; latent std per channel "
+        f"{np.round(stats['std'], 3).tolist()}", flush=True)

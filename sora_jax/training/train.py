@@ -1,0 +1,169 @@
+"""`--mode=train`: the latent diffusion transformer with the rectified-flow objective.
+
+Reads the encoded data set written by `--mode=encode` (VAE latent mean/std + text
+embeddings), so the VAE and text encoder never run in the training loop. Per step:
+sample z ~ N(mean, std), normalise with the measured latent statistics, pick caption or
+prompt embedding, drop captions for CFG, sample logit-normal shifted t and a conditioning
+mask (conditioned latent frames stay clean, t = 0), and minimise the velocity MSE.
+
+The step is `jax.jit` with explicit in/out shardings from the config's logical rules and
+a donated state; parameters are born sharded.
+"""
+import contextlib
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from sora_jax import paths
+from sora_jax.config_check import COND_MASKS, parse_weights
+from sora_jax.diffusion import loss as loss_lib
+from sora_jax.diffusion import masks as masks_lib
+from sora_jax.diffusion import schedules
+from sora_jax.models import dit as dit_lib
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import loop, optim
+
+TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
+
+
+def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) of VAE latents, measured by --mode=encode."""
+  path = paths.latent_stats(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
+  with open(path) as f:
+    s = json.load(f)
+  return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
+
+
+def choose_text(rng, batch: dict, field: str):
+  """(emb_BLD, mask_BL) from the caption, the prompt, or per sample one of them ('both')."""
+  if field != "both":
+    e, m = TEXT_KEYS[field]
+    return batch[e].astype(jnp.float32), batch[m].astype(bool)
+  pick_B = jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],))
+  emb = jnp.where(pick_B[:, None, None], batch["caption_emb"], batch["prompt_emb"])
+  mask = jnp.where(pick_B[:, None], batch["caption_mask"], batch["prompt_mask"])
+  return emb.astype(jnp.float32), mask.astype(bool)
+
+
+def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
+  """Pure (init_state, train_step) for the DiT.
+
+  sample_shape: (B, t, h, w, C) latent shape used only to initialise parameters.
+  null_text: (emb_LD, mask_L) of the empty prompt, used for caption dropout.
+  """
+  mu, sigma = (jnp.asarray(a) for a in latent_stats)
+  probs = parse_weights(cfg.diffusion.cond_masks, COND_MASKS)
+  null_emb, null_mask = (jnp.asarray(a) for a in null_text)
+
+  def init_state():
+    rng = jax.random.PRNGKey(cfg.seed)
+    rng, k = jax.random.split(rng)
+    b = sample_shape[0]
+    params = dit.init(k, jnp.zeros(sample_shape), jnp.zeros(sample_shape[:2]),
+                      jnp.zeros((b, text_len, cfg.text.dim)), jnp.ones((b, text_len), bool))["params"]
+    return {"params": params, "opt": tx.init(params), "ema": params,
+            "step": jnp.zeros((), jnp.int32), "rng": rng}
+
+  def train_step(state, batch):
+    rng, k_lat, k_txt, k_drop, k_t, k_mask, k_eps = jax.random.split(state["rng"], 7)
+    mean, std = batch["latent_mean"], batch["latent_std"]
+    z = mean + std * jax.random.normal(k_lat, mean.shape)
+    x0 = (z - mu) / sigma
+    b, t = x0.shape[:2]
+    emb, mask = choose_text(k_txt, batch, cfg.data.caption_field)
+    keep_B = jax.random.uniform(k_drop, (b,)) >= cfg.diffusion.caption_dropout
+    emb = jnp.where(keep_B[:, None, None], emb, null_emb[None])
+    mask = jnp.where(keep_B[:, None], mask, null_mask[None])
+    tokens = schedules.num_tokens(x0.shape[1:4], cfg.dit.patch_size)
+    t_B = schedules.sample_timesteps(k_t, b, tokens, cfg.diffusion)
+    cond_BT = masks_lib.sample_cond_mask(k_mask, b, t, probs)
+    eps = jax.random.normal(k_eps, x0.shape)
+
+    def loss_fn(params):
+      def model_fn(x_t, t_BT, c):
+        return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
+      loss, _ = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
+                                 cond=(emb, mask))
+      return loss
+
+    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
+           "ema": optim.ema_update(state["ema"], params, cfg.train.ema_decay, state["step"])}
+    return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
+                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32))}
+
+  return init_state, train_step
+
+
+class Trainer:
+  """Builds the mesh, sharded state and jitted step for a config (shared with benchmark/tests)."""
+
+  def __init__(self, cfg, latent_stats, null_text, sample_shape, text_len, mesh=None):
+    self.cfg = cfg
+    self.mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
+    self.rules = mesh_lib.rules(cfg)
+    dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+    if cfg.data.batch_size % dp:
+      raise ValueError(f"data.batch_size={cfg.data.batch_size} must divide over {dp} "
+                       "data-parallel devices (mesh.data x mesh.fsdp)")
+    self.dit = dit_lib.dit_from_config(cfg)
+    self.tx = optim.make_optimizer(
+        cfg.train.lr, cfg.train.warmup_steps, cfg.train.num_steps, cfg.train.min_lr_ratio,
+        cfg.train.weight_decay, cfg.train.b1, cfg.train.b2, cfg.train.grad_clip)
+    init_state, step = make_fns(cfg, self.dit, self.tx, latent_stats, null_text, sample_shape,
+                                text_len)
+    with self.context():
+      boxed = jax.eval_shape(init_state)
+      self.state_sharding = nn.unbox(mesh_lib.logical_sharding(boxed, self.mesh, self.rules))
+    self.abstract_state = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+        nn.unbox(boxed), self.state_sharding)
+    rep = mesh_lib.replicated(self.mesh)
+    self._init = jax.jit(lambda: nn.unbox(init_state()), out_shardings=self.state_sharding)
+    self._step = jax.jit(step, donate_argnums=0, out_shardings=(self.state_sharding, rep))
+
+  def context(self):
+    stack = contextlib.ExitStack()
+    stack.enter_context(nn.logical_axis_rules(self.rules))
+    stack.enter_context(jax.set_mesh(self.mesh))
+    return stack
+
+  def init_state(self):
+    with self.context():
+      return self._init()
+
+  def step(self, state, batch):
+    with self.context():
+      return self._step(state, batch)
+
+  def to_device(self, batch_np: dict) -> dict:
+    keys = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb", "prompt_mask")
+    return mesh_lib.to_global({k: batch_np[k] for k in keys if k in batch_np}, self.mesh)
+
+
+def encoded_iterator(cfg, workdir: str, split: str = "train", **kw):
+  """The --mode=encode data set as a bucketed, sharded, checkpointable iterator."""
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
+  return encode.make_latent_iterator(cfg, workdir, split=split, **kw)
+
+
+def run(cfg, workdir: str) -> None:
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
+  info = encode.read_info(cfg, workdir)
+  data_iter = encoded_iterator(cfg, workdir, "train")
+  b = cfg.data.batch_size
+  trainer = Trainer(cfg, load_latent_stats(workdir), encode.null_text(cfg, workdir),
+                    (b, *info["latent_shapes"][0]), info["text_len"])
+  loop.train_loop(workdir=workdir, ckpt_dir=paths.dit_checkpoints(workdir), train_cfg=cfg.train,
+                  init_state=trainer.init_state, abstract_state=trainer.abstract_state,
+                  step_fn=trainer.step, data_iter=data_iter, to_device=trainer.to_device,
+                  tag="train")
