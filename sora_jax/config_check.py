@@ -50,6 +50,21 @@ def parse_buckets(spec: str) -> list[tuple[int, int, int]]:
   return out
 
 
+def parse_bucket_weights(spec: str, num_buckets: int) -> list[float] | None:
+  """data.bucket_weights '3,1' -> [0.75, 0.25] (one per data.buckets entry); '' -> None."""
+  if not spec.strip():
+    return None
+  try:
+    weights = [float(x) for x in spec.split(",")]
+  except ValueError as e:
+    raise ConfigError(f"data.bucket_weights={spec!r} is not comma-separated numbers") from e
+  if len(weights) != num_buckets or min(weights) < 0 or sum(weights) <= 0:
+    raise ConfigError(
+        f"data.bucket_weights={spec!r} needs {num_buckets} non-negative weights (one per "
+        "data.buckets entry) with a positive sum, or '' to sample buckets by size")
+  return [w / sum(weights) for w in weights]
+
+
 def parse_weights(spec: str, names) -> dict[str, float]:
   """'a=0.5,b=0.5' -> {'a': 0.5, 'b': 0.5}, names checked, normalised to sum 1."""
   out = {}
@@ -87,7 +102,15 @@ def check(cfg, mode: str) -> None:
   """Raises ConfigError for the first field that cannot work in `mode`."""
   _one_of("--mode", mode, MODES)
   _one_of("data.name", cfg.data.name, ("shapes_world", "video_folder"))
-  parse_buckets(cfg.data.buckets)
+  parse_bucket_weights(cfg.data.bucket_weights, len(parse_buckets(cfg.data.buckets)))
+  if cfg.data.num_train < 1 or cfg.data.num_val < 0:
+    raise ConfigError(f"data.num_train={cfg.data.num_train} must be >= 1 and "
+                      f"data.num_val={cfg.data.num_val} >= 0")
+  if not 0.0 <= cfg.data.val_fraction < 1.0:
+    raise ConfigError(f"data.val_fraction={cfg.data.val_fraction} must be in [0, 1)")
+  if cfg.data.clips_per_video < 0 or cfg.data.build_workers < 0 or not cfg.data.fps > 0:
+    raise ConfigError("data.clips_per_video and data.build_workers must be >= 0 and "
+                      "data.fps > 0")
   if cfg.data.name == "video_folder" and mode == "data" and not cfg.data.video_dir:
     raise ConfigError("data.name='video_folder' needs data.video_dir=FOLDER of videos + captions")
   if cfg.data.video_dir and not os.path.isdir(cfg.data.video_dir):
