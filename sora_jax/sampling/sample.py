@@ -1,0 +1,249 @@
+"""`--mode=sample`: prompts (and images / clips) -> videos, for every task of the Contract.
+
+`VideoPipeline` holds the frozen text encoder, the VAE and the DiT (EMA weights by
+default) of a workdir and turns a task into pixels:
+
+  prompt ─► text encoder ─► (emb, mask) ┐
+  image / clip ─► VAE encode ─► plan ───┼─► ODE solver over the DiT (CFG) ─► VAE decode
+  seed ─► noise ────────────────────────┘
+
+Latents are normalised with the per-channel statistics measured by `--mode=encode`.
+Each sample's noise comes from its own seed (sample.seed + index), so a sample does not
+depend on which batch it was drawn in.
+"""
+import json
+import os
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax import paths
+from sora_jax.config_check import ConfigError, check_frames, latent_grid_error
+from sora_jax.data import video_io
+from sora_jax.data.tfds_folder import crop_resize
+from sora_jax.diffusion import schedules, solvers
+from sora_jax.models import dit as dit_lib
+from sora_jax.models import text_encoder as text_lib
+from sora_jax.models import vae as vae_lib
+from sora_jax.sampling import tasks
+from sora_jax.training import checkpoint
+from sora_jax.training.train import load_latent_stats
+
+
+class VideoPipeline:
+  """Text encoder + VAE + DiT of a workdir, with jitted encode / denoise / decode."""
+
+  def __init__(self, cfg, workdir: str, use_ema: bool = True, dit_params=None, vae_params=None):
+    self.cfg = cfg
+    self.vae = vae_lib.vae_from_config(cfg)
+    self.dit = dit_lib.dit_from_config(cfg)
+    if vae_params is None:
+      vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
+    if dit_params is None:
+      dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema)
+    self.vae_params, self.dit_params = vae_params, dit_params
+    mu, sigma = load_latent_stats(workdir)
+    self.mu, self.sigma = jnp.asarray(mu), jnp.asarray(sigma)
+    self.text = text_lib.load_text_encoder(cfg)
+    self.null_emb, self.null_mask = self.text([""])
+    self.temporal = self.vae.temporal_factor
+    self._encode = jax.jit(self._encode_impl)
+    self._decode = jax.jit(self._decode_impl)
+    self._denoise = jax.jit(self._denoise_impl, static_argnames=("solver",))
+
+  # ------------------------------------------------------------------ latent <-> pixels
+  def _encode_impl(self, vae_params, x_uint8):
+    x = x_uint8.astype(jnp.float32) / 127.5 - 1.0
+    mean, _ = self.vae.apply({"params": vae_params}, x, method=self.vae.encode)
+    return (mean - self.mu) / self.sigma
+
+  def _decode_impl(self, vae_params, z):
+    x, _ = vae_lib.decode_chunked(self.vae, {"params": vae_params}, z * self.sigma + self.mu)
+    return jnp.round((x + 1.0) * 127.5).astype(jnp.uint8)
+
+  def encode(self, video_BTHWC: np.ndarray) -> jax.Array:
+    """uint8 (B, 1+4k, H, W, 3) -> normalised latents (B, 1+k, h, w, C)."""
+    return self._encode(self.vae_params, jnp.asarray(video_BTHWC))
+
+  def decode(self, z_BthwC) -> np.ndarray:
+    """Normalised latents -> uint8 (B, 1+4(t-1), H, W, 3), chunked (memory flat in t)."""
+    return np.asarray(self._decode(self.vae_params, z_BthwC))
+
+  # ------------------------------------------------------------------ denoising
+  def _denoise_impl(self, dit_params, noise, cond_latents, cond_mask, sigmas, emb, mask,
+                    cfg_scale, solver):
+    def model_fn(x, t, c):
+      return self.dit.apply({"params": dit_params}, x, t, c[0], c[1])
+    b = noise.shape[0]
+    uncond = (jnp.broadcast_to(self.null_emb, (b, *self.null_emb.shape[1:])),
+              jnp.broadcast_to(self.null_mask, (b, *self.null_mask.shape[1:])))
+    return solvers.sample(model_fn, noise, cond_latents, cond_mask, sigmas, solver=solver,
+                          cfg_scale=cfg_scale, cond=(emb, mask), uncond=uncond,
+                          prediction=self.cfg.diffusion.prediction)
+
+  def denoise(self, plan: tasks.Plan, seeds: list[int], prompts: list[str], steps: int,
+              cfg_scale: float, solver: str = "euler", shift: float | None = None) -> jax.Array:
+    """Samples `plan` (batch = len(prompts)) -> normalised latents (B, t, h, w, C)."""
+    shape = plan.cond_latents_BTHWC.shape
+    if shift is None:
+      tokens = schedules.num_tokens(shape[1:4], self.cfg.dit.patch_size)
+      shift = schedules.sample_shift(self.cfg, tokens)
+    sig = schedules.sigmas(steps, shift, start=plan.start)
+    noise = jnp.stack([jax.random.normal(jax.random.PRNGKey(s), shape[1:]) for s in seeds])
+    emb, mask = self.text(prompts)
+    return self._denoise(self.dit_params, noise, plan.cond_latents_BTHWC, plan.cond_mask_BT,
+                         jnp.asarray(sig), emb, mask, jnp.float32(cfg_scale), solver=solver)
+
+  # ------------------------------------------------------------------ tasks
+  def latent_hwc(self, height: int, width: int):
+    s = self.vae.spatial_factor
+    return (height // s, width // s, self.vae.z_dim)
+
+  def run_task(self, task: str, prompts: list[str], seeds: list[int], frames: int, height: int,
+               width: int, *, steps: int, cfg_scale: float, solver: str = "euler",
+               image=None, end_image=None, video=None, strength: float = 0.7,
+               cond_frames: int = 5, long_window: int = 17, long_overlap: int = 5) -> np.ndarray:
+    """One task for a batch of prompts -> uint8 videos (B, T, H, W, 3).
+
+    image / end_image: uint8 (H, W, 3); video: uint8 (T, H, W, 3) — already at
+    (height, width). See `sora_jax.sampling.tasks` for what each task conditions on.
+    """
+    b = len(prompts)
+    hwc = self.latent_hwc(height, width)
+    lt = tasks.latent_frames(frames, self.temporal)
+    den = lambda plan: self.denoise(plan, seeds, prompts, steps, cfg_scale, solver)
+    rep = lambda a: np.repeat(a[None], b, axis=0)
+    if task == "t2v":
+      return self.decode(den(tasks.t2v(b, lt, hwc)))
+    if task == "t2i":
+      return self.decode(den(tasks.t2i(b, hwc)))
+    if task == "i2v":
+      return self.decode(den(tasks.i2v(self.encode(rep(image)[:, None]), lt)))
+    if task == "interpolate":
+      start = self.encode(rep(image)[:, None])
+      end = self._group_latents(rep(np.stack([end_image] * self.temporal)))
+      return self.decode(den(tasks.interpolate(start, end, lt)))
+    if task == "loop":
+      first = (self.encode(rep(image)[:, None]) if image is not None
+               else den(tasks.t2i(b, hwc)))
+      return self.decode(den(tasks.loop(first, lt)))
+    if task == "edit":
+      clip = rep(video[:frames])
+      return self.decode(den(tasks.edit(self.encode(clip), strength)))
+    if task in ("extend", "extend_backward"):
+      k_pix = min(cond_frames, len(video))
+      k = tasks.latent_frames(k_pix, self.temporal) if task == "extend" else (k_pix - 1) // self.temporal
+      if task == "extend":
+        ctx = self.encode(rep(video[len(video) - k_pix:]))
+        out = self.decode(den(tasks.extend(ctx, lt)))
+        return np.concatenate([rep(video), out[:, k_pix:]], axis=1)
+      if k < 1:
+        raise ConfigError(f"extend_backward needs sample.cond_frames >= {1 + self.temporal}")
+      ctx = self._group_latents(rep(video[:k * self.temporal]))
+      out = self.decode(den(tasks.extend_backward(ctx, lt)))
+      new = 1 + self.temporal * (lt - k - 1)
+      return np.concatenate([out[:, :new], rep(video)], axis=1)
+    if task == "long":
+      return self._long(prompts, seeds, frames, hwc, steps, cfg_scale, solver, long_window,
+                        long_overlap)
+    raise ConfigError(f"unknown task {task!r}")
+
+  def _group_latents(self, pixels_BFHWC) -> jax.Array:
+    """Group latents of F pixel frames (F a multiple of 4), for positions >= 1."""
+    return self.encode(np.asarray(tasks.group_clip(jnp.asarray(pixels_BFHWC), self.temporal)))[:, 1:]
+
+  def _long(self, prompts, seeds, frames, hwc, steps, cfg_scale, solver, window, overlap):
+    b = len(prompts)
+    wl = tasks.latent_frames(window, self.temporal)
+    ol = tasks.latent_frames(overlap, self.temporal)
+    total = tasks.latent_frames(frames, self.temporal)
+    emb, mask = self.text(prompts)
+    tokens = schedules.num_tokens((wl, *hwc[:2]), self.cfg.dit.patch_size)
+    sig = jnp.asarray(schedules.sigmas(steps, schedules.sample_shift(self.cfg, tokens)))
+
+    def window_fn(noise, cond_latents, cond_mask):
+      return self._denoise(self.dit_params, noise, cond_latents, cond_mask, sig, emb, mask,
+                           jnp.float32(cfg_scale), solver=solver)
+
+    rng = jax.random.PRNGKey(seeds[0])
+    latents = tasks.sample_long(window_fn, rng, total, tasks.t2v(b, wl, hwc), ol)
+    return self.decode(jnp.asarray(latents))
+
+
+def _slug(text: str) -> str:
+  return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "sample"
+
+
+
+def load_inputs(s) -> dict:
+  """Reads sample.image / end_image / video, resized/cropped to the sample's size."""
+  out = {}
+  for key in ("image", "end_image"):
+    if s[key]:
+      out[key] = crop_resize(video_io.read_image(s[key]), s.height, s.width)
+  if s.video:
+    clip, _ = video_io.read_video(s.video)
+    n = 1 + (len(clip) - 1) // 4 * 4
+    out["video"] = np.stack([crop_resize(f, s.height, s.width) for f in clip[:n]])
+  return out
+
+
+def read_prompts(s) -> list[str]:
+  if s.prompts_file:
+    with open(s.prompts_file, encoding="utf-8") as f:
+      prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+      raise ConfigError(f"sample.prompts_file={s.prompts_file!r} has no prompts")
+    return prompts
+  return [s.prompt]
+
+
+def write_samples(videos: np.ndarray, prompts, seeds, task, out_dir, fps, gif, start_index=0):
+  """Writes mp4 (+gif) per sample; returns the samples.json rows."""
+  rows = []
+  for i, (v, p, seed) in enumerate(zip(videos, prompts, seeds)):
+    name = f"{start_index + i:03d}_{task}_{_slug(p)}"
+    path = video_io.write_mp4(os.path.join(out_dir, name + ".mp4"), v, fps)
+    row = {"prompt": p, "task": task, "seed": int(seed), "frames": int(v.shape[0]),
+           "height": int(v.shape[1]), "width": int(v.shape[2]), "path": path}
+    if gif:
+      row["gif"] = video_io.write_gif(os.path.join(out_dir, name + ".gif"), v, fps)
+    rows.append(row)
+  return rows
+
+
+def run(cfg, workdir: str) -> None:
+  s = cfg.sample
+  if s.task == "long":
+    check_frames("sample.num_frames", s.num_frames)
+    err = latent_grid_error(cfg, s.long_window, s.height, s.width)
+    if err:
+      raise ConfigError(f"sample.long_window: {err}")
+  t0 = time.time()
+  prompts = read_prompts(s)
+  inputs = load_inputs(s)
+  pipe = VideoPipeline(cfg, workdir, use_ema=s.use_ema)
+  out_dir = paths.samples_dir(cfg, workdir)
+  os.makedirs(out_dir, exist_ok=True)
+  rows = []
+  for i in range(0, len(prompts), s.batch_size):
+    batch = prompts[i:i + s.batch_size]
+    seeds = [s.seed + i + j for j in range(len(batch))]
+    videos = pipe.run_task(s.task, batch, seeds, s.num_frames, s.height, s.width, steps=s.steps,
+                           cfg_scale=s.cfg_scale, solver=s.solver, strength=s.strength,
+                           cond_frames=s.cond_frames, long_window=s.long_window,
+                           long_overlap=s.long_overlap, **inputs)
+    rows += write_samples(videos, batch, seeds, s.task, out_dir, cfg.data.fps, s.gif, i)
+    print(f"[sample] {len(rows)}/{len(prompts)} {s.task} samples ({time.time() - t0:.0f}s)",
+          flush=True)
+  index = os.path.join(out_dir, "samples.json")
+  existing = []
+  if os.path.exists(index):
+    with open(index) as f:
+      existing = [r for r in json.load(f) if r["path"] not in {x["path"] for x in rows}]
+  with open(index, "w") as f:
+    json.dump(existing + rows, f, indent=1)
+  print(f"[sample] wrote {len(rows)} videos and {index}", flush=True)
