@@ -22,7 +22,8 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
-    "psutil",
+    "psutil==7.2.2",
+    "importlib_resources==7.1.0",  # tensorflow-datasets imports it without declaring it
 ]
 
 EXTRAS = {
