@@ -133,6 +133,15 @@ def check(cfg, mode: str) -> None:
   _one_of("dit.param_dtype", cfg.dit.param_dtype, DTYPES)
   _one_of("diffusion.prediction", cfg.diffusion.prediction, ("x0", "v"))
   parse_weights(cfg.diffusion.cond_masks, COND_MASKS)
+  d = cfg.diffusion
+  if d.t_std <= 0:
+    raise ConfigError(f"diffusion.t_std={d.t_std} must be > 0 (logit-normal spread)")
+  if d.shift <= 0:
+    raise ConfigError(f"diffusion.shift={d.shift} must be > 0 (1 = no shift)")
+  if d.shift_base_tokens < 1:
+    raise ConfigError(f"diffusion.shift_base_tokens={d.shift_base_tokens} must be >= 1")
+  if not 0.0 <= d.caption_dropout < 1.0:
+    raise ConfigError(f"diffusion.caption_dropout={d.caption_dropout} must be in [0, 1)")
   for k in ("num_steps", "log_every", "checkpoint_every"):
     if cfg.train[k] < 1:
       raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")
@@ -146,6 +155,8 @@ def check(cfg, mode: str) -> None:
     check_frames("sample.num_frames", s.num_frames)
     if s.steps < 1:
       raise ConfigError(f"sample.steps={s.steps} must be >= 1")
+    if s.shift == 0:
+      raise ConfigError("sample.shift=0 is not a shift; use > 0, or < 0 for the training rule")
     if not 0.0 < s.strength <= 1.0:
       raise ConfigError(f"sample.strength={s.strength} must be in (0, 1]")
     if s.task != "long":  # long checks its window instead of the total length.
