@@ -1,0 +1,148 @@
+"""The ShapesWorld yardstick: ground truth scores near its ceiling, noise and broken clips
+score nothing, and each attribute fails when, and only when, it is wrong."""
+import json
+
+import numpy as np
+import pytest
+
+from sora_jax.data import shapes_world as sw
+from sora_jax.eval import shapes_detector as sd
+
+
+def _match_rate(n, T, H, W, fraction, start=0):
+  clips = [sw.generate_clip(s, T, H, W, fraction) for s in range(start, start + n)]
+  return sd.adherence([c["video"] for c in clips], [c["spec"] for c in clips])
+
+
+@pytest.mark.parametrize("T, H, W, n", [(17, 32, 32, 120), (17, 32, 48, 50), (17, 48, 32, 50), (1, 32, 32, 60),
+                                        (1, 48, 32, 30)])
+def test_ground_truth_single_objects_match(T, H, W, n):
+  summary = _match_rate(n, T, H, W, 0.0)
+  assert summary["match"] >= 0.95, summary
+  assert summary["n"] == n and summary["count"] == 1.0
+
+
+def test_ground_truth_two_objects_mostly_match():
+  summary = _match_rate(80, 17, 32, 32, 1.0, start=1000)
+  assert summary["match"] >= 0.9, summary  # occlusion costs a few per cent
+
+
+def test_uniform_noise_scores_nothing():
+  rng = np.random.default_rng(0)
+  specs = [sw.generate_clip(s, 17, 32, 32)["spec"] for s in range(40)]
+  noise = [rng.integers(0, 256, (17, 32, 32, 3), dtype=np.uint8) for _ in specs]
+  assert sd.adherence(noise, specs)["match"] <= 0.02
+
+
+def test_blank_clip_has_no_objects():
+  assert sd.detect(np.zeros((17, 32, 32, 3), np.uint8)) == []
+  assert sd.detect(np.full((1, 32, 32, 3), 90, np.uint8)) == []
+
+
+def _one(seed=0, motion=None, T=17):
+  for s in range(seed, seed + 500):
+    clip = sw.generate_clip(s, T, 32, 32, 0.0)
+    if motion is None or clip["spec"]["objects"][0]["motion"] == motion:
+      assert sd.score(clip["video"], clip["spec"])["match"]
+      return clip
+  raise AssertionError(motion)
+
+
+def test_vanishing_object_breaks_permanence():
+  clip = _one(motion="right")
+  video = clip["video"].copy()
+  video[5:8] = sw.BACKGROUNDS[clip["spec"]["background"]]
+  r = sd.score(video, clip["spec"])
+  assert r["permanence"] is False and r["match"] is False
+
+
+def test_colour_change_midway_fails():
+  clip = _one(motion="left")
+  o = clip["spec"]["objects"][0]
+  other = next(c for c in sw.COLORS if c != o["color"])
+  video = clip["video"].copy()
+  video[9:][(video[9:] == sw.COLORS[o["color"]]).all(-1)] = sw.COLORS[other]
+  assert sd.score(video, clip["spec"])["match"] is False
+
+
+def test_frozen_video_fails_motion_but_keeps_appearance():
+  clip = _one(motion="falling")
+  frozen = np.repeat(clip["video"][:1], 17, axis=0)
+  r = sd.score(frozen, clip["spec"])
+  assert r["motion"] is False and r["match"] is False
+  assert r["color"] and r["shape"] and r["size"] and r["permanence"]
+
+
+def test_time_reversed_directional_motion_fails():
+  clip = _one(motion="up")
+  r = sd.score(clip["video"][::-1], clip["spec"])
+  assert r["objects"][0]["motion"] == "down" and r["match"] is False
+
+
+def test_extra_object_fails_count_but_specks_are_ignored():
+  clip = _one(motion="still")
+  o = clip["spec"]["objects"][0]
+  extra = next(c for c in sw.COLORS if c != o["color"])
+  speck = clip["video"].copy()
+  far = (0, 30) if o["position"] != "top left" else (30, 30)
+  speck[:, far[0]:far[0] + 2, far[1]:far[1] + 2] = sw.COLORS[extra]  # 4 pixels
+  assert sd.score(speck, clip["spec"])["match"]
+  big = clip["video"].copy()
+  big[:, far[0]:far[0] + 2, far[1] - 6:far[1] + 2] = sw.COLORS[extra]  # a bar: another object
+  r = sd.score(big, clip["spec"])
+  assert r["count"] is False and r["match"] is False
+
+
+def test_wrong_attributes_are_reported_one_by_one():
+  clip = _one(motion="bouncing")
+  o = clip["spec"]["objects"][0]
+  for key, values in (("color", sw.COLORS), ("shape", sw.SHAPES), ("size", sw.SIZES), ("motion", sw.MOTIONS)):
+    wrong = next(v for v in values if v != o[key])
+    r = sd.score(clip["video"], {"objects": [o | {key: wrong}]})
+    assert r[key] is False and r["match"] is False
+    assert all(r[k] for k in ("color", "shape", "size", "motion", "permanence") if k != key)
+
+
+def test_score_counts_only_named_attributes_and_takes_json():
+  clip = _one(motion="down")
+  o = clip["spec"]["objects"][0]
+  r = sd.score(clip["video"], sw.parse_prompt(f"a {o['color']} thing"))
+  assert r["match"] and r["shape"] is None and r["motion"] is None
+  assert sd.score(clip["video"], json.dumps(clip["spec"]))["match"]
+  assert sd.score(clip["video"], clip["spec"])["background"] is True
+
+
+def _flood_fill(color):
+  """Reference 4-connected labelling of same-colour pixels within each frame."""
+  ref = np.full(color.shape, -1)
+  for n, start in enumerate(zip(*np.nonzero(color >= 0))):
+    if ref[start] >= 0:
+      continue
+    ref[start], stack = n, [start]
+    while stack:
+      t, y, x = stack.pop()
+      for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+        nb = (t, y + dy, x + dx)
+        if (0 <= nb[1] < color.shape[1] and 0 <= nb[2] < color.shape[2] and ref[nb] < 0
+            and color[nb] == color[t, y, x]):
+          ref[nb] = n
+          stack.append(nb)
+  return ref
+
+
+def test_labelling_matches_a_flood_fill():
+  rng = np.random.default_rng(1)
+  shape = (3, 12, 14)
+  color = np.where(rng.random(shape) < 0.6, rng.integers(0, 2, shape), -1).astype(np.int8)
+  comp, ref = sd.label_components(color), _flood_fill(color)
+  assert ((comp < 0) == (ref < 0)).all()
+  pairs = np.unique(np.stack([comp[ref >= 0], ref[ref >= 0]]), axis=1)
+  # Same partition: each label of one labelling meets exactly one label of the other.
+  assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+
+
+def test_bad_video_is_a_clear_error():
+  with pytest.raises(ValueError, match=r"video\[None\]"):
+    sd.detect(np.zeros((32, 32, 3), np.uint8))
+  with pytest.raises(ValueError, match="uint8"):
+    sd.detect(np.zeros((1, 32, 32, 3), np.float32))
