@@ -152,3 +152,12 @@ def test_unknown_impl_is_a_clear_error():
   q, k, v, _ = _inputs(1, 4, 4, 1, 4, masked=False)
   with pytest.raises(ValueError, match="choose one of: xla, cudnn, splash"):
     ak.attend(q, k, v, impl="flash3")
+
+
+@pytest.mark.parametrize("impl", ["cudnn", "splash", "blockwise", "ulysses", "ring"])
+def test_models_attend_dispatches_every_impl(impl):
+  """What the DiT calls: `attend(..., impl=config.dit.attention)` equals 'xla' everywhere."""
+  q, k, v, mask = _inputs(2, 32, 32, 4, 8)
+  with jax.set_mesh(_mesh(2, 1, 4, 1)):
+    _assert_matches_xla(lambda q, k, v, m: attend(q, k, v, kv_mask_BS=m, impl=impl, block=8),
+                        q, k, v, mask)

@@ -22,10 +22,12 @@ def _attend_xla(q_BLHD, k_BSHD, v_BSHD, kv_mask_BS):
   return jnp.einsum("bhls,bshd->blhd", probs_BHLS, v_BSHD)
 
 
-_IMPLS = {"xla": _attend_xla}
+# The other kernels (blockwise, cuDNN, splash, Ulysses, ring) live with the parallelism
+# code in sora_jax/parallel/attention_kernels.py, which also documents how they find the mesh.
+IMPLS = ("xla", "cudnn", "splash", "blockwise", "ulysses", "ring")
 
 
-def attend(q_BLHD, k_BSHD, v_BSHD, *, kv_mask_BS=None, impl="xla"):
+def attend(q_BLHD, k_BSHD, v_BSHD, *, kv_mask_BS=None, impl="xla", block=512):
   """Softmax attention of queries over keys/values, scaled by 1/sqrt(D).
 
   Args:
@@ -33,6 +35,7 @@ def attend(q_BLHD, k_BSHD, v_BSHD, *, kv_mask_BS=None, impl="xla"):
     k_BSHD, v_BSHD: keys and values (batch, key tokens, heads, head dim).
     kv_mask_BS: optional bool (batch, key tokens); False keys get no weight.
     impl: kernel name, one of `IMPLS` (config `dit.attention`).
+    block: query/key block of 'blockwise' and 'ring' (config `dit.attention_block`).
 
   Returns:
     (batch, query tokens, heads, head dim) in v's dtype; the softmax runs in float32.
@@ -40,10 +43,11 @@ def attend(q_BLHD, k_BSHD, v_BSHD, *, kv_mask_BS=None, impl="xla"):
   if q_BLHD.ndim != 4 or k_BSHD.shape != v_BSHD.shape or q_BLHD.shape[-1] != k_BSHD.shape[-1]:
     raise ValueError(f"attend wants q (B,L,H,D), k and v (B,S,H,D); got q {q_BLHD.shape}, "
                      f"k {k_BSHD.shape}, v {v_BSHD.shape}")
-  if impl not in _IMPLS:
+  if impl not in IMPLS:
     raise ValueError(f"attention impl {impl!r} is not available; choose one of: "
-                     f"{', '.join(_IMPLS)}")
-  return _IMPLS[impl](q_BLHD, k_BSHD, v_BSHD, kv_mask_BS)
-
-
-IMPLS = tuple(_IMPLS)
+                     f"{', '.join(IMPLS)}")
+  if impl == "xla":
+    return _attend_xla(q_BLHD, k_BSHD, v_BSHD, kv_mask_BS)
+  from sora_jax.parallel import attention_kernels  # pylint: disable=g-import-not-at-top
+  return attention_kernels.attend(q_BLHD, k_BSHD, v_BSHD, kv_mask_BS=kv_mask_BS, impl=impl,
+                                  block=block)
