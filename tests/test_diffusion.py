@@ -196,3 +196,8 @@ def test_drop_captions_gives_the_null_text():
   assert abs(dropped.mean() - 0.25) < 0.07
   assert not np.asarray(e)[dropped].any() and np.asarray(e)[~dropped].all()
   np.testing.assert_array_equal(np.asarray(m)[~dropped], np.asarray(mask)[~dropped])
+  # an encoded empty prompt as the null text
+  null = (jnp.full((3, 4), 0.5), jnp.array([True, False, False]))
+  e, m = masks.drop_captions(jax.random.key(0), emb, mask, 1.0, null=null)
+  np.testing.assert_array_equal(e, jnp.broadcast_to(null[0], emb.shape))
+  np.testing.assert_array_equal(m, jnp.broadcast_to(null[1], mask.shape))

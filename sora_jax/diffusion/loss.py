@@ -41,5 +41,6 @@ def rf_loss(model_fn, x0_BTHWC, t_B, eps_BTHWC, cond_mask_BT, prediction: str, c
     raise ValueError(f"prediction={prediction!r} is not one of {rf.PREDICTIONS}")
   per_frame_BT = jnp.mean(jnp.square(err), axis=(2, 3, 4))
   free_BT = (~cond_mask_BT).astype(jnp.float32)
-  per_sample_B = jnp.sum(per_frame_BT * free_BT, axis=1) / jnp.maximum(jnp.sum(free_BT, axis=1), 1.0)
+  num_free_B = jnp.maximum(jnp.sum(free_BT, axis=1), 1.0)
+  per_sample_B = jnp.sum(per_frame_BT * free_BT, axis=1) / num_free_B
   return jnp.mean(per_sample_B), per_sample_B

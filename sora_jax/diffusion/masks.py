@@ -62,19 +62,22 @@ def sample_cond_mask(rng, batch: int, frames: int, probs: dict[str, float]) -> j
   return jnp.take_along_axis(all_KBT, kind_B[None, :, None], axis=0)[0]
 
 
-def drop_captions(rng, emb_BLD: jnp.ndarray, mask_BL: jnp.ndarray, p: float):
+def drop_captions(rng, emb_BLD: jnp.ndarray, mask_BL: jnp.ndarray, p: float, null=None):
   """Replaces each caption with probability p by the null text, for classifier-free guidance.
 
-  The null text is an all-zero embedding with an all-False token mask (the same value
-  samplers pass as `uncond`); the network must accept a caption with no valid token.
+  `null` = (emb_LD, mask_L) of the null text, the same value samplers pass as `uncond`
+  (e.g. the encoded empty prompt). None means an all-zero embedding with an all-False
+  token mask, which the network must then accept (a caption with no valid token).
   Returns (emb_BLD, mask_BL) of the input shapes and dtypes.
   """
   keep_B = jax.random.uniform(rng, (emb_BLD.shape[0],)) >= p
-  emb = jnp.where(keep_B[:, None, None], emb_BLD, jnp.zeros_like(emb_BLD))
-  mask = mask_BL & keep_B[:, None]
+  null_emb, null_mask = null_text(emb_BLD, mask_BL) if null is None else (
+      jnp.broadcast_to(null[0], emb_BLD.shape), jnp.broadcast_to(null[1], mask_BL.shape))
+  emb = jnp.where(keep_B[:, None, None], emb_BLD, null_emb.astype(emb_BLD.dtype))
+  mask = jnp.where(keep_B[:, None], mask_BL, null_mask)
   return emb, mask
 
 
 def null_text(emb_BLD: jnp.ndarray, mask_BL: jnp.ndarray):
-  """The null caption shaped like a batch of captions: (zeros_like(emb), all-False mask)."""
+  """The zero null caption shaped like a batch of captions: (zeros_like(emb), all-False mask)."""
   return jnp.zeros_like(emb_BLD), jnp.zeros_like(mask_BL, dtype=bool)

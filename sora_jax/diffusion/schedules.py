@@ -64,7 +64,8 @@ def sample_timesteps(rng, batch: int, tokens: int, cfg_diffusion) -> jnp.ndarray
   return shift_time(jax.nn.sigmoid(u), resolution_shift(cfg_diffusion, tokens))
 
 
-def sigmas(steps: int, shift: float, start: float = 1.0, num_train_timesteps: int = 1000) -> np.ndarray:
+def sigmas(steps: int, shift: float, start: float = 1.0,
+           num_train_timesteps: int = 1000) -> np.ndarray:
   """Sampling schedule: `steps + 1` float32 noise levels from `start` down to exactly 0.
 
   With start = 1 this is diffusers' FlowMatchEulerDiscreteScheduler(shift=shift,
