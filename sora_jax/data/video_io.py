@@ -152,7 +152,7 @@ def _open(path: str):
     raise VideoReadError(path, str(e)) from e
   if not container.streams.video:
     container.close()
-    raise VideoReadError(path, "no video stream")
+    raise VideoReadError(path, "no video stream (not a video, or cut off before its index)")
   stream = container.streams.video[0]
   stream.thread_type = "AUTO"
   return container, stream

@@ -1,0 +1,78 @@
+"""`--mode=data`: builds the config's data set under config.data.data_dir (or WORKDIR/data).
+
+ShapesWorld (`data.name='shapes_world'`) or a folder of captioned videos
+(`data.name='video_folder'`), as array_record TFDS data sets read without TensorFlow.
+A data set that is already built is reused (its directory name spells the settings that
+shape its content, so a changed config builds a new one). Prints clips per split and
+bucket, the build time and where it lives.
+"""
+import json
+import time
+
+from absl import logging
+import tensorflow_datasets as tfds
+
+from sora_jax import paths
+from sora_jax.data import tfds_folder
+from sora_jax.data import tfds_shapes
+
+
+def make_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The (possibly not yet built) TFDS builder of config.data under data_dir."""
+  d = cfg.data
+  if d.name == "shapes_world":
+    return tfds_shapes.ShapesWorld(config=tfds_shapes.config_from_cfg(d), data_dir=data_dir,
+                                   workers=d.build_workers)
+  if d.name == "video_folder":
+    return tfds_folder.VideoFolder(config=tfds_folder.config_from_cfg(d), data_dir=data_dir,
+                                   workers=d.build_workers)
+  raise ValueError(f"data.name={d.name!r} has no builder; use 'shapes_world' or 'video_folder'")
+
+
+def source_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
+  """The built data set of config.data (for `as_data_source` and `info.metadata`)."""
+  builder = make_builder(cfg, data_dir)
+  if not builder.is_prepared():
+    raise FileNotFoundError(
+        f"no built {cfg.data.name} data set at {builder.data_dir}; build it with the same "
+        "config: python -m sora_jax --config=... --workdir=... --mode=data")
+  return builder
+
+
+def summary(builder) -> dict:
+  """{split: {bucket 'TxHxW': clips}} of a built data set, from its bucket index."""
+  meta = builder.info.metadata
+  buckets = meta[tfds_shapes.BUCKETS]
+  out = {}
+  for split, runs in meta[tfds_shapes.BUCKET_RUNS].items():
+    per = {}
+    for k, count in runs:
+      name = tfds_shapes.bucket_string([buckets[k]])
+      per[name] = per.get(name, 0) + count
+    out[split] = per
+  return out
+
+
+def run(cfg, workdir: str) -> None:
+  data_dir = paths.data_dir(cfg, workdir)
+  builder = make_builder(cfg, data_dir)
+  t0 = time.time()
+  if builder.is_prepared():
+    print(f"[data] {builder.data_dir} is already built; reusing it", flush=True)
+  else:
+    logging.info("building %s at %s", cfg.data.name, builder.data_dir)
+    builder.download_and_prepare()
+  seconds = time.time() - t0
+  counts = summary(builder)
+  for split, per in counts.items():
+    total = sum(per.values())
+    buckets = ", ".join(f"{b}: {n}" for b, n in per.items())
+    print(f"[data] {split}: {total} clips ({buckets})", flush=True)
+  if cfg.data.name == "video_folder":
+    extra = builder.info.metadata["summary"]
+    print(f"[data] videos: {extra['used']} used, {extra['skipped']} skipped of "
+          f"{extra['files']}", flush=True)
+    for rel, why in extra["skipped_files"].items():
+      print(f"[data]   skipped {rel}: {why}", flush=True)
+  print(f"[data] {cfg.data.name} at {builder.data_dir} ({seconds:.1f} s)", flush=True)
+  logging.info("data summary: %s", json.dumps(counts))
