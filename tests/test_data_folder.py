@@ -120,3 +120,17 @@ def test_bucket_choice_and_holdout():
   assert len(split["validation"]) == 4 and len(split["train"]) == 36
   assert split == tfds_folder.split_files(files, 0.1, seed=0)
   assert not set(split["validation"]) & set(split["train"])
+
+
+def test_training_after_adding_videos_uses_the_last_build(tmp_path):
+  videos = tmp_path / "videos"
+  videos.mkdir()
+  video_io.write_gif(str(videos / "a.gif"), _moving_square(5, 32, 32, (220, 40, 40)), fps=8)
+  (videos / "a.txt").write_text("a red square")
+  data_dir = str(tmp_path / "data")
+  build.make_builder(_cfg(videos), data_dir).download_and_prepare()
+  video_io.write_gif(str(videos / "b.gif"), _moving_square(5, 32, 32, (50, 80, 230)), fps=8)
+  (videos / "b.txt").write_text("a blue square")
+  it = pipeline.make_iterator(_cfg(videos), data_dir, batch_size=1, repeat=False,
+                              process_index=0, process_count=1)
+  assert [b["caption"][0] for b in it] == ["a red square"]

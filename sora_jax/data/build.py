@@ -29,9 +29,32 @@ def make_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
   raise ValueError(f"data.name={d.name!r} has no builder; use 'shapes_world' or 'video_folder'")
 
 
+def _older_folder_build(builder) -> tfds.core.DatasetBuilder | None:
+  """The newest built video_folder data set of the same folder, buckets and fps, if any.
+
+  A folder build's name fingerprints the files and captions, so adding a video after
+  --mode=data names a data set that does not exist yet; training on the last build (with
+  a warning) beats refusing to start.
+  """
+  name = builder.builder_config.name
+  prefix = name[:name.rindex("_") + 1]
+  candidates = [p for p in builder.data_path.parent.parent.glob(prefix + "*/" +
+                                                                 str(builder.version))
+                if (p / "dataset_info.json").exists()]
+  if not candidates:
+    return None
+  newest = max(candidates, key=lambda p: (p / "dataset_info.json").stat().mtime)
+  logging.warning("%s changed since its data set was built (files or captions differ); "
+                  "using the build at %s; run --mode=data to rebuild",
+                  builder.builder_config.video_dir, newest)
+  return tfds.builder_from_directory(newest)
+
+
 def source_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
   """The built data set of config.data (for `as_data_source` and `info.metadata`)."""
   builder = make_builder(cfg, data_dir)
+  if not builder.is_prepared() and cfg.data.name == "video_folder":
+    builder = _older_folder_build(builder) or builder
   if not builder.is_prepared():
     raise FileNotFoundError(
         f"no built {cfg.data.name} data set at {builder.data_dir}; build it with the same "
