@@ -1,0 +1,437 @@
+"""Diffusion transformer over spacetime latent patches, Wan 2.1 layout (Flax Linen).
+
+    model = dit_from_config(cfg)
+    out_BTHWC = model.apply({"params": params}, x_BTHWC, t_BT, text_BLD, text_mask_BL)
+
+Latents (B, T, H, W, C) are cut into (pt, ph, pw) patches -> tokens (B, L, dim), run
+through `num_layers` blocks and folded back to (B, T, H, W, C). Each block: adaLN-modulated
+self-attention over all spacetime tokens (QK RMS-norm over all heads, 3D RoPE), cross-
+attention to the projected text tokens, adaLN-modulated GELU-tanh MLP.
+
+Timesteps are per latent frame: `t_BT` in [0, 1] (or `t_B`, one per sample). Internally
+t * 1000 enters the sinusoidal embedding (Wan's convention, so converted Wan weights work).
+One shared time MLP maps each frame's t to a 6 x dim modulation; each block adds its own
+learned `scale_shift_table`; every token uses its frame's modulation. That lets
+conditioning frames be clean (t = 0) while the rest are noisy. With patch_t > 1 a patch
+takes the timestep of its first frame.
+
+The layout follows diffusers' `WanTransformer3DModel` so its weights (and the original Wan
+repo's) convert one to one (`sora_jax.convert.wan_dit`). Param tree, with N = num_layers
+(scan_layers=True stacks blocks on a leading 'layers' axis; otherwise `blocks_{i}` without
+it), P = pt*ph*pw:
+  patch_embedding/{kernel (P*C_in, D), bias (D,)}      conv3d(kernel=stride=patch) as a linear
+  condition_embedder/time_embedder/linear_{1,2}        (freq_dim, D), (D, D)
+  condition_embedder/time_proj                         (D, 6D)
+  condition_embedder/text_embedder/linear_{1,2}        (text_dim, D), (D, D)
+  blocks/scale_shift_table                             (N, 6, D)
+  blocks/attn{1,2}/to_{q,k,v,out}/{kernel, bias}       (N, D, D), (N, D)
+  blocks/attn{1,2}/norm_{q,k}/scale                    (N, D)      if qk_norm
+  blocks/norm2/{scale, bias}                           (N, D)      if cross_attn_norm
+  blocks/ffn/fc1 (N, D, F), blocks/ffn/fc2 (N, F, D)   + biases
+  scale_shift_table (2, D);  proj_out/{kernel (D, P*C_out), bias}
+Parameters carry logical axis names ('embed', 'heads', 'mlp', 'channels', 'layers') and
+activations ('batch', 'tokens', 'text_tokens', 'embed', 'heads', 'kv', 'mlp'); the mesh
+rules in `config.mesh.rules` decide their sharding.
+
+Numerics: parameters in `param_dtype`; matmuls in `dtype`; LayerNorms, modulation, RoPE
+angles, the time MLP and attention softmax in float32 (as Wan keeps them). Output float32.
+"""
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax.models.attention import attend
+
+_REMAT_POLICIES = {
+    "full": None,  # Save nothing inside a block: recompute all of it in the backward pass.
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+_xavier = nn.initializers.xavier_uniform()
+
+
+def _dense(features, axes, dtype, param_dtype, name, kernel_init=_xavier):
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, axes),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (axes[-1],)))
+
+
+def _layer_norm(x, eps):
+  """Affine-free LayerNorm in float32 (Wan's FP32LayerNorm with elementwise_affine=False)."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, -1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), -1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def _by_frame(x_BLD, frames):
+  """(B, L, D) -> (B, F, L/F, D): tokens are frame-major, so a frame is a contiguous run."""
+  b, l, d = x_BLD.shape
+  return x_BLD.reshape(b, frames, l // frames, d)
+
+
+def _modulate(x_BLD, shift_BFD, scale_BFD, eps):
+  """LayerNorm(x) * (1 + scale) + shift, each token with its own frame's shift/scale (f32)."""
+  f = shift_BFD.shape[1]
+  y = _by_frame(_layer_norm(x_BLD, eps), f) * (1 + scale_BFD[:, :, None]) + shift_BFD[:, :, None]
+  return y.reshape(x_BLD.shape)
+
+
+def _gated_add(x_BLD, h_BLD, gate_BFD):
+  """x + h * gate (gate per frame), added in float32 and returned in x's dtype."""
+  f = gate_BFD.shape[1]
+  y = (_by_frame(x_BLD.astype(jnp.float32), f)
+       + _by_frame(h_BLD.astype(jnp.float32), f) * gate_BFD[:, :, None])
+  return y.reshape(x_BLD.shape).astype(x_BLD.dtype)
+
+
+def timestep_embedding(t, dim, max_period=10000.0):
+  """Sinusoidal embedding [cos, sin] of (already x1000) timesteps t (...,) -> (..., dim) f32."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = t.astype(jnp.float32)[..., None] * freqs
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def rope_dims(head_dim):
+  """Head-dim split over (t, h, w) as Wan does: h = w = 2*(D//6), t gets the rest."""
+  hw = 2 * (head_dim // 6)
+  return head_dim - 2 * hw, hw, hw
+
+
+def rope_tables(frames, height, width, head_dim, theta=10000.0):
+  """3D RoPE angles' (cos, sin), each (L, head_dim/2) float32 for an F x H x W token grid.
+
+  Pair k of a head rotates by pos_axis * theta^(-2j/d_axis) for its axis' j-th frequency,
+  the pairs laid out [t | h | w] (diffusers' WanRotaryPosEmbed). Per-axis tables are exact
+  float64 numpy constants (small); the grid is broadcast in jnp so no L-sized constant is
+  baked into the program. Any frames/height/width works.
+  """
+  tables = []
+  for n, d in zip((frames, height, width), rope_dims(head_dim)):
+    freqs = 1.0 / theta ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    tables.append(np.outer(np.arange(n, dtype=np.float64), freqs))
+  def grid(fn):
+    t, h, w = (jnp.asarray(fn(a), jnp.float32) for a in tables)
+    shape = (frames, height, width)
+    full = jnp.concatenate([
+        jnp.broadcast_to(t[:, None, None], shape + t.shape[-1:]),
+        jnp.broadcast_to(h[None, :, None], shape + h.shape[-1:]),
+        jnp.broadcast_to(w[None, None, :], shape + w.shape[-1:])], axis=-1)
+    return full.reshape(frames * height * width, head_dim // 2)
+  return grid(np.cos), grid(np.sin)
+
+
+def apply_rope(x_BLHD, cos_LK, sin_LK):
+  """Rotates interleaved pairs (x[2k], x[2k+1]) of every head by the token's angles."""
+  b, l, h, d = x_BLHD.shape
+  x = x_BLHD.astype(jnp.float32).reshape(b, l, h, d // 2, 2)
+  c, s = cos_LK[None, :, None], sin_LK[None, :, None]
+  x1, x2 = x[..., 0], x[..., 1]
+  out = jnp.stack([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
+  return out.reshape(b, l, h, d).astype(x_BLHD.dtype)
+
+
+class RMSNorm(nn.Module):
+  """RMS norm over the last axis (all heads at once, Wan's 'rms_norm_across_heads'), f32."""
+  eps: float
+  param_dtype: Any
+  axis_name: str = "heads"
+
+  @nn.compact
+  def __call__(self, x):
+    w = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                   (x.shape[-1],), self.param_dtype)
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
+    return (y * w.astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Self-attention (ctx=None, with RoPE) or cross-attention to ctx_BSD (no RoPE)."""
+  dim: int
+  num_heads: int
+  qk_norm: bool
+  eps: float
+  impl: str
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BLD, ctx_BSD=None, ctx_mask_BS=None, rope=None):
+    dense = lambda axes, name: _dense(self.dim, axes, self.dtype, self.param_dtype, name)
+    src = x_BLD if ctx_BSD is None else ctx_BSD
+    kv_tokens = "tokens" if ctx_BSD is None else "text_tokens"
+    q = dense(("embed", "heads"), "to_q")(x_BLD)
+    k = dense(("embed", "heads"), "to_k")(src)
+    v = dense(("embed", "heads"), "to_v")(src)
+    if self.qk_norm:
+      q = RMSNorm(self.eps, self.param_dtype, name="norm_q")(q)
+      k = RMSNorm(self.eps, self.param_dtype, name="norm_k")(k)
+    split = lambda a: a.reshape(a.shape[:2] + (self.num_heads, -1))
+    q, k, v = split(q), split(k), split(v)
+    if rope is not None:
+      q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    q = nn.with_logical_constraint(q, ("batch", "tokens", "heads", "kv"))
+    k = nn.with_logical_constraint(k, ("batch", kv_tokens, "heads", "kv"))
+    v = nn.with_logical_constraint(v, ("batch", kv_tokens, "heads", "kv"))
+    o = attend(q, k, v, kv_mask_BS=ctx_mask_BS, impl=self.impl)
+    o = o.reshape(o.shape[:2] + (self.dim,))
+    return dense(("heads", "embed"), "to_out")(o)
+
+
+class Block(nn.Module):
+  """One Wan block. __call__(x, ...) -> (x, None) so it can run under nn.scan."""
+  dim: int
+  ffn_dim: int
+  num_heads: int
+  qk_norm: bool
+  cross_attn_norm: bool
+  eps: float
+  dropout: float
+  deterministic: bool
+  impl: str
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BLD, text_BSD, text_mask_BS, mod_BF6D, rope_cos_LK, rope_sin_LK):
+    table = self.param(
+        "scale_shift_table",
+        nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5), (None, "embed")),
+        (6, self.dim), self.param_dtype)
+    e = table.astype(jnp.float32)[None, None] + mod_BF6D
+    shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (e[:, :, i] for i in range(6))
+    attn = lambda name: Attention(self.dim, self.num_heads, self.qk_norm, self.eps, self.impl,
+                                  self.dtype, self.param_dtype, name=name)
+    drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
+    act = ("batch", "tokens", "embed")
+
+    h = _modulate(x_BLD, shift_sa, scale_sa, self.eps).astype(self.dtype)
+    h = drop(attn("attn1")(h, rope=(rope_cos_LK, rope_sin_LK)))
+    x_BLD = nn.with_logical_constraint(_gated_add(x_BLD, h, gate_sa), act)
+
+    if self.cross_attn_norm:
+      h = nn.LayerNorm(
+          epsilon=self.eps, dtype=jnp.float32, param_dtype=self.param_dtype, name="norm2",
+          scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+          bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))(
+              x_BLD.astype(jnp.float32))
+    else:
+      h = x_BLD
+    h = drop(attn("attn2")(h.astype(self.dtype), text_BSD, text_mask_BS))
+    x_BLD = nn.with_logical_constraint((x_BLD.astype(jnp.float32) + h).astype(x_BLD.dtype), act)
+
+    h = _modulate(x_BLD, shift_ff, scale_ff, self.eps).astype(self.dtype)
+    h = FeedForward(self.dim, self.ffn_dim, self.dtype, self.param_dtype, name="ffn")(h)
+    x_BLD = nn.with_logical_constraint(_gated_add(x_BLD, drop(h), gate_ff), act)
+    return x_BLD, None
+
+
+class FeedForward(nn.Module):
+  dim: int
+  ffn_dim: int
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    h = _dense(self.ffn_dim, ("embed", "mlp"), self.dtype, self.param_dtype, "fc1")(x_BLD)
+    h = nn.with_logical_constraint(jax.nn.gelu(h, approximate=True), ("batch", "tokens", "mlp"))
+    return _dense(self.dim, ("mlp", "embed"), self.dtype, self.param_dtype, "fc2")(h)
+
+
+class _TwoLayerMLP(nn.Module):
+  """linear_1 -> act -> linear_2 (diffusers' TimestepEmbedding / PixArtAlphaTextProjection)."""
+  dim: int
+  act: Any
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    normal = nn.initializers.normal(0.02)  # Wan's init for the time and text MLPs.
+    x = _dense(self.dim, (None, "embed"), self.dtype, self.param_dtype, "linear_1", normal)(x)
+    return _dense(self.dim, ("mlp", "embed"), self.dtype, self.param_dtype, "linear_2",
+                  normal)(self.act(x))
+
+
+class ConditionEmbedder(nn.Module):
+  """Shared time MLP (per frame, float32) and the text projection (Wan's condition_embedder)."""
+  dim: int
+  freq_dim: int
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, t_BF, text_BSD):
+    f32 = jnp.float32
+    emb = timestep_embedding(t_BF * 1000.0, self.freq_dim)
+    temb_BFD = _TwoLayerMLP(self.dim, nn.silu, f32, self.param_dtype, name="time_embedder")(emb)
+    mod = _dense(6 * self.dim, ("embed", "mlp"), f32, self.param_dtype, "time_proj",
+                 nn.initializers.normal(0.02))(nn.silu(temb_BFD))
+    mod_BF6D = mod.reshape(mod.shape[:2] + (6, self.dim))
+    text = _TwoLayerMLP(self.dim, lambda h: jax.nn.gelu(h, approximate=True), self.dtype,
+                        self.param_dtype, name="text_embedder")(text_BSD)
+    return temb_BFD, mod_BF6D, text
+
+
+class WanDiT(nn.Module):
+  """Wan 2.1-style DiT with per-frame timesteps (see the module docstring)."""
+  in_channels: int
+  text_dim: int
+  out_channels: int | None = None
+  patch_size: tuple[int, int, int] = (1, 2, 2)
+  dim: int = 192
+  ffn_dim: int = 768
+  num_heads: int = 4
+  num_layers: int = 6
+  freq_dim: int = 256
+  qk_norm: bool = True
+  cross_attn_norm: bool = True
+  eps: float = 1e-6
+  dropout: float = 0.0
+  rope_theta: float = 10000.0
+  scan_layers: bool = True
+  remat_policy: str = "none"
+  attention: str = "xla"
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BTHWC, t, text_BLD, text_mask_BL=None, deterministic=True):
+    """Predicts (B, T, H, W, C_out) float32 from latents x_BTHWC.
+
+    Args:
+      x_BTHWC: latents; T, H, W divisible by patch_size.
+      t: timesteps in [0, 1], (B, T) one per latent frame or (B,) one per sample.
+      text_BLD: text-encoder states (B, L_text, text_dim).
+      text_mask_BL: bool (B, L_text), True = real token; None = all real.
+      deterministic: False enables dropout (needs a 'dropout' rng) when dit.dropout > 0.
+    """
+    b, tt, hh, ww, c = x_BTHWC.shape
+    pt, ph, pw = self.patch_size
+    if tt % pt or hh % ph or ww % pw or c != self.in_channels:
+      raise ValueError(f"latents {x_BTHWC.shape} do not fit: T, H, W must be multiples of "
+                       f"patch_size {self.patch_size} and C must be {self.in_channels}")
+    if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+      raise ValueError(f"dim={self.dim} must split into {self.num_heads} heads of even size")
+    f, gh, gw = tt // pt, hh // ph, ww // pw
+    t = jnp.asarray(t, jnp.float32)
+    if t.shape == (b,):
+      t = jnp.broadcast_to(t[:, None], (b, tt))
+    if t.shape != (b, tt):
+      raise ValueError(f"timesteps of shape {t.shape}: give (B,)=({b},) or (B, T)=({b}, {tt})")
+    t_BF = t[:, ::pt]
+    if text_mask_BL is None:
+      text_mask_BL = jnp.ones(text_BLD.shape[:2], bool)
+    c_out = self.out_channels or self.in_channels
+
+    # Patchify: (B, F, pt, Gh, ph, Gw, pw, C) -> tokens (B, F*Gh*Gw, pt*ph*pw*C), frame-major.
+    p = x_BTHWC.reshape(b, f, pt, gh, ph, gw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    p = p.reshape(b, f * gh * gw, pt * ph * pw * c).astype(self.dtype)
+    x = _dense(self.dim, ("channels", "embed"), self.dtype, self.param_dtype,
+               "patch_embedding")(p)
+    x = nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
+
+    temb_BFD, mod_BF6D, text = ConditionEmbedder(
+        self.dim, self.freq_dim, self.dtype, self.param_dtype, name="condition_embedder")(
+            t_BF, text_BLD.astype(self.dtype))
+    text = nn.with_logical_constraint(text, ("batch", "text_tokens", "embed"))
+    cos, sin = rope_tables(f, gh, gw, self.dim // self.num_heads, self.rope_theta)
+
+    block = Block
+    if self.remat_policy != "none":
+      if self.remat_policy not in _REMAT_POLICIES:
+        raise ValueError(f"dit.remat_policy={self.remat_policy!r}; choose none, "
+                         f"{', '.join(_REMAT_POLICIES)}")
+      block = nn.remat(Block, prevent_cse=not self.scan_layers,
+                       policy=_REMAT_POLICIES[self.remat_policy])
+    kw = dict(dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, qk_norm=self.qk_norm,
+              cross_attn_norm=self.cross_attn_norm, eps=self.eps, dropout=self.dropout,
+              deterministic=deterministic, impl=self.attention, dtype=self.dtype,
+              param_dtype=self.param_dtype)
+    args = (text, text_mask_BL, mod_BF6D, cos, sin)
+    if self.scan_layers:
+      x, _ = nn.scan(
+          block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})(**kw, name="blocks")(x, *args)
+    else:
+      for i in range(self.num_layers):
+        x, _ = block(**kw, name=f"blocks_{i}")(x, *args)
+
+    table = self.param(
+        "scale_shift_table",
+        nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5), (None, "embed")),
+        (2, self.dim), self.param_dtype)
+    e = table.astype(jnp.float32)[None, None] + temb_BFD[:, :, None]
+    h = _modulate(x, e[:, :, 0], e[:, :, 1], self.eps).astype(self.dtype)
+    # Zero-initialised head (Wan): the untrained network predicts 0.
+    out = _dense(pt * ph * pw * c_out, ("embed", "channels"), self.dtype, self.param_dtype,
+                 "proj_out", nn.initializers.zeros)(h)
+    out = out.astype(jnp.float32).reshape(b, f, gh, gw, pt, ph, pw, c_out)
+    return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tt, hh, ww, c_out)
+
+
+def dit_from_config(cfg) -> WanDiT:
+  """The DiT of `cfg.dit` for latents of `cfg.vae.z_dim` channels and `cfg.text.dim` text."""
+  d = cfg.dit
+  return WanDiT(
+      in_channels=cfg.vae.z_dim, text_dim=cfg.text.dim, patch_size=tuple(d.patch_size),
+      dim=d.dim, ffn_dim=d.ffn_dim, num_heads=d.num_heads, num_layers=d.num_layers,
+      freq_dim=d.freq_dim, qk_norm=d.qk_norm, cross_attn_norm=d.cross_attn_norm, eps=d.eps,
+      dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
+      remat_policy=d.remat_policy, attention=d.attention, dtype=jnp.dtype(d.dtype),
+      param_dtype=jnp.dtype(d.param_dtype))
+
+
+def example_inputs(cfg, batch=1, frames=None, height=None, width=None, text_len=1):
+  """Zero inputs of the right shapes/dtypes (for init and eval_shape); one patch by default."""
+  pt, ph, pw = cfg.dit.patch_size
+  x = jnp.zeros((batch, frames or pt, height or ph, width or pw, cfg.vae.z_dim), jnp.float32)
+  return (x, jnp.zeros((batch,), jnp.float32),
+          jnp.zeros((batch, text_len, cfg.text.dim), jnp.float32),
+          jnp.ones((batch, text_len), bool))
+
+
+def param_shapes(cfg):
+  """Boxed (logically partitioned) ShapeDtypeStructs of the params, via jax.eval_shape."""
+  # Shapes do not depend on the attention kernel; 'xla' traces on any backend.
+  model = dit_from_config(cfg).clone(attention="xla")
+  return jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs(cfg)))["params"]
+
+
+def count_params(cfg) -> int:
+  """Number of DiT parameters for `cfg` (jax.eval_shape: nothing is allocated)."""
+  return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(param_shapes(cfg)))))
+
+
+def count_flops(cfg, frames, height, width, text_len) -> int:
+  """Analytic forward FLOPs (2 per multiply-add) of one sample of latent size T x H x W.
+
+  Counts the matmuls and the two attention contractions; norms, RoPE, softmax and other
+  elementwise work are left out (<1% at scale). A training step costs about 3x this (plus
+  one more forward per block under remat).
+  """
+  d = cfg.dit
+  pt, ph, pw = d.patch_size
+  f = frames // pt
+  l = f * (height // ph) * (width // pw)
+  dim, ffn, s = d.dim, d.ffn_dim, text_len
+  patch = pt * ph * pw * cfg.vae.z_dim
+  macs = l * patch * dim  # Patch embedding.
+  macs += s * (cfg.text.dim * dim + dim * dim)  # Text projection.
+  macs += f * (d.freq_dim * dim + dim * dim + dim * 6 * dim)  # Time MLP, once per frame.
+  per_layer = (4 * l * dim * dim + 2 * l * l * dim  # Self-attn: q,k,v,o and QK^T, PV.
+               + 2 * l * dim * dim + 2 * s * dim * dim + 2 * l * s * dim  # Cross-attn.
+               + 2 * l * dim * ffn)  # MLP.
+  macs += d.num_layers * per_layer
+  macs += l * dim * patch  # Head.
+  return 2 * macs

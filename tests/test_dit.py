@@ -1,0 +1,196 @@
+"""The DiT: shapes at any size/aspect, per-frame timesteps, scan == no scan, RoPE, sharding."""
+import importlib.util
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.config_defaults import base_config
+from sora_jax.models import dit
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def tiny_cfg(**dit_overrides):
+  cfg = base_config()
+  cfg.dit.dim, cfg.dit.num_heads, cfg.dit.ffn_dim, cfg.dit.num_layers = 48, 2, 96, 2
+  cfg.dit.freq_dim = 32
+  cfg.vae.z_dim, cfg.text.dim = 4, 16
+  for k, v in dit_overrides.items():
+    cfg.dit[k] = v
+  return cfg
+
+
+def random_params(cfg, seed=0):
+  """Initialised, then every leaf perturbed: the zero-init head would make outputs trivially 0."""
+  model = dit.dit_from_config(cfg)
+
+  @jax.jit
+  def init(key):
+    params = nn.unbox(model.init(key, *dit.example_inputs(cfg))["params"])
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    return tree.unflatten([p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+
+  return model, init(jax.random.key(seed))
+
+
+def inputs(b, t, h, w, c=4, text_len=5, text_dim=16, seed=0):
+  r = np.random.default_rng(seed)
+  return (r.standard_normal((b, t, h, w, c)).astype(np.float32),
+          r.uniform(size=(b, t)).astype(np.float32),
+          r.standard_normal((b, text_len, text_dim)).astype(np.float32))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = tiny_cfg()
+  model, params = random_params(cfg)
+  return cfg, model, params, jax.jit(model.apply)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 6), (1, 8, 8), (3, 4, 10), (5, 6, 4)])
+def test_output_matches_input_shape_image_and_video(tiny, shape):
+  _, _, params, apply = tiny
+  x, t, text = inputs(2, *shape)
+  out = apply({"params": params}, x, t, text)
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  assert np.isfinite(np.asarray(out)).all()
+
+
+def test_per_frame_timesteps(tiny):
+  """t_B == t_BT with equal frames; changing frame j's t changes frame j's output."""
+  _, _, params, apply = tiny
+  x, t, text = inputs(2, 3, 4, 6)
+  v = {"params": params}
+  same = np.full((2, 3), 0.4, np.float32)
+  np.testing.assert_allclose(np.asarray(apply(v, x, same, text)),
+                             np.asarray(apply(v, x, same[:, 0], text)), atol=1e-6)
+  base = np.asarray(apply(v, x, t, text))
+  t2 = t.copy()
+  t2[:, 1] = 0.0  # Frame 1 becomes a clean conditioning frame.
+  moved = np.abs(np.asarray(apply(v, x, t2, text)) - base).max(axis=(2, 3, 4))  # (B, T)
+  assert (moved[:, 1] > 1e-3).all(), moved
+
+
+def test_masked_text_tokens_are_ignored(tiny):
+  _, _, params, apply = tiny
+  x, t, text = inputs(2, 1, 4, 4)
+  mask = np.ones((2, 5), bool)
+  mask[:, 3:] = False
+  other = text.copy()
+  other[:, 3:] = 100.0
+  a = apply({"params": params}, x, t, text, mask)
+  b = apply({"params": params}, x, t, other, mask)
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_scan_and_unrolled_layers_agree(tiny):
+  cfg, _, params, apply = tiny
+  x, t, text = inputs(1, 3, 4, 6)
+  unrolled = dict(params)
+  blocks = unrolled.pop("blocks")
+  for i in range(cfg.dit.num_layers):
+    unrolled[f"blocks_{i}"] = jax.tree.map(lambda p, i=i: p[i], blocks)
+  model2 = dit.dit_from_config(tiny_cfg(scan_layers=False))
+  shapes = nn.unbox(dit.param_shapes(tiny_cfg(scan_layers=False)))
+  assert jax.tree.structure(shapes) == jax.tree.structure(unrolled)
+  np.testing.assert_allclose(np.asarray(jax.jit(model2.apply)({"params": unrolled}, x, t, text)),
+                             np.asarray(apply({"params": params}, x, t, text)), atol=1e-5)
+
+
+def test_remat_keeps_values_and_gradients(tiny):
+  cfg, _, params, _ = tiny
+  x, t, text = inputs(1, 1, 4, 4)
+
+  def grads(policy):
+    model = dit.dit_from_config(tiny_cfg(remat_policy=policy))
+    loss = lambda p: jnp.sum(model.apply({"params": p}, x, t, text) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  ref_loss, ref_g = grads("none")
+  loss, g = grads("full")
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, ref_g)
+
+
+def test_bfloat16_compute_tracks_float32(tiny):
+  _, _, params, apply = tiny
+  x, t, text = inputs(1, 3, 4, 4)
+  ref = np.asarray(apply({"params": params}, x, t, text))
+  model = dit.dit_from_config(tiny_cfg(dtype="bfloat16"))
+  out = np.asarray(jax.jit(model.apply)({"params": params}, x, t, text))
+  assert out.dtype == np.float32
+  assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+
+
+def test_rope_is_relative_at_any_size():
+  """q.k after RoPE depends on position differences only, far past Wan's 1024 positions."""
+  head = 24
+  cos, sin = dit.rope_tables(3, 5, 1500, head)
+  assert cos.shape == (3 * 5 * 1500, head // 2) and np.isfinite(np.asarray(cos)).all()
+  r = np.random.default_rng(0)
+  q, k = (jnp.asarray(r.standard_normal((1, 1, 1, head)), jnp.float32) for _ in range(2))
+
+  def dot(pq, pk):  # Positions (f, h, w) on the 3 x 5 x 1500 grid.
+    iq, ik = (np.ravel_multi_index(p, (3, 5, 1500)) for p in (pq, pk))
+    rq = dit.apply_rope(q, cos[iq:iq + 1], sin[iq:iq + 1])
+    rk = dit.apply_rope(k, cos[ik:ik + 1], sin[ik:ik + 1])
+    return float(jnp.sum(rq * rk))
+
+  a = dot((0, 1, 3), (1, 2, 10))
+  np.testing.assert_allclose(dot((1, 3, 1203), (2, 4, 1210)), a, rtol=1e-4)
+  assert abs(dot((0, 1, 3), (1, 2, 11)) - a) > 1e-4  # ... and does depend on them.
+
+
+def test_logical_partitioning_shards_by_config_rules():
+  """Every param is named; sharding by the config's rules on a 2x2x2 mesh keeps the output."""
+  cfg = tiny_cfg()
+  model = dit.dit_from_config(cfg)
+  boxed = dit.param_shapes(cfg)
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda a: isinstance(a, nn.Partitioned))
+  assert all(isinstance(a, nn.Partitioned) and len(a.names) == a.value.ndim for a in leaves)
+  assert all(a.names[0] == "layers" for a in jax.tree.leaves(
+      boxed["blocks"], is_leaf=lambda a: isinstance(a, nn.Partitioned)))
+  _, params = random_params(cfg)
+  x, t, text = inputs(2, 3, 4, 4)
+  ref = np.asarray(jax.jit(model.apply)({"params": params}, x, t, text))
+  mesh = jax.make_mesh((2, 2, 1, 2), ("data", "fsdp", "sequence", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 4)
+  rules = tuple(cfg.mesh.rules)
+  shardings = nn.logical_to_mesh_sharding(nn.get_partition_spec(boxed), mesh, rules)
+  sharded = jax.device_put(params, shardings)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    out = jax.jit(model.apply)({"params": sharded}, x, t, text)
+  np.testing.assert_allclose(np.asarray(out), ref, atol=1e-5)
+
+
+def _load_config(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  return mod.get_config()
+
+
+# Published checkpoint sizes: Wan2.1-T2V-1.3B's DiT is 2.84 GB and T2V-14B's 28.6 GB in
+# bf16 (2 bytes a parameter), i.e. 1.42B and 14.3B parameters ("1.3B"/"14B" are names).
+@pytest.mark.parametrize("name, published", [("dit_1_3b", 1.42e9), ("dit_14b", 14.3e9)])
+def test_scale_configs_match_published_parameter_counts(name, published):
+  n = dit.count_params(_load_config(name))  # jax.eval_shape: nothing allocated.
+  assert abs(n - published) / published < 0.01, n
+
+
+def test_count_flops_matches_xla_cost_analysis():
+  # Unrolled layers: XLA's cost analysis counts a scan's loop body once.
+  cfg = tiny_cfg(scan_layers=False)
+  model = dit.dit_from_config(cfg)
+  params = nn.unbox(dit.param_shapes(cfg))
+  x, t, text = inputs(1, 5, 8, 8, text_len=32)
+  xla = jax.jit(model.apply).lower({"params": params}, x, t, text).compile().cost_analysis()
+  xla = xla[0] if isinstance(xla, list) else xla
+  ours = dit.count_flops(cfg, 5, 8, 8, 32)
+  # XLA also counts elementwise work (norms, softmax, RoPE) that the analytic count skips.
+  assert 0.7 * xla["flops"] < ours <= xla["flops"], (ours, xla["flops"])
