@@ -174,6 +174,22 @@ def test_worker_processes_give_the_same_batches(data_dir):
     np.testing.assert_array_equal(next(ref)["index"], next(mp)["index"])
 
 
+@pytest.mark.slow
+def test_parallel_build_equals_serial_build(tmp_path):
+  cfg = _cfg(buckets="1x16x16", num_train=260, num_val=1)
+  sources = []
+  for workers in (1, 2):  # 2 workers and 261 clips start a process pool
+    cfg.data.build_workers = workers
+    d = str(tmp_path / f"w{workers}")
+    build.make_builder(cfg, d).download_and_prepare()
+    sources.append(build.source_builder(cfg, d).as_data_source(split="train"))
+  serial, parallel = sources
+  assert len(serial) == len(parallel) == 260
+  for i in range(260):
+    assert serial[i]["video"].tobytes() == parallel[i]["video"].tobytes()
+    assert serial[i]["caption"] == parallel[i]["caption"]
+
+
 def test_data_mode_end_to_end(tmp_path):
   cmd = [sys.executable, "-m", "sora_jax", "--config=configs/shapes_tiny.py",
          f"--workdir={tmp_path}", "--mode=data", "--config.data.num_train=16",
