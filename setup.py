@@ -23,7 +23,6 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "psutil==7.2.2",
-    "importlib_resources==7.1.0",  # tensorflow-datasets imports it without declaring it
 ]
 
 EXTRAS = {

@@ -44,7 +44,7 @@ def latent_features(z_dim: int, text_len: int, text_dim: int) -> tfds.features.F
       "spec": tfds.features.Text()})
 
 
-class EncodedLatents(tfds.core.ShardBasedBuilder):
+class EncodedLatents(tfds_shapes.ArrayRecordBuilder):
   """Latents + text embeddings assembled from the staged chunks of `--mode=encode`."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -53,7 +53,6 @@ class EncodedLatents(tfds.core.ShardBasedBuilder):
   def __init__(self, *, stage_dir: str, info: dict, **kwargs):
     self._stage_dir = stage_dir
     self._meta = info
-    kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:

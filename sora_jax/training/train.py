@@ -162,7 +162,7 @@ def run(cfg, workdir: str) -> None:
   data_iter = encoded_iterator(cfg, workdir, "train")
   b = cfg.data.batch_size
   trainer = Trainer(cfg, load_latent_stats(workdir), encode.null_text(cfg, workdir),
-                    (b, *info["latent_shapes"][0]), info["text_len"])
+                    (b, *info["latent_shapes"][0], info["z_dim"]), info["text_len"])
   loop.train_loop(workdir=workdir, ckpt_dir=paths.dit_checkpoints(workdir), train_cfg=cfg.train,
                   init_state=trainer.init_state, abstract_state=trainer.abstract_state,
                   step_fn=trainer.step, data_iter=data_iter, to_device=trainer.to_device,
