@@ -27,6 +27,22 @@ def test_ground_truth_two_objects_mostly_match():
   assert summary["match"] >= 0.9, summary  # occlusion costs a few per cent
 
 
+def _box_blur(video_THWC):
+  x = np.pad(video_THWC.astype(np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
+  H, W = video_THWC.shape[1:3]
+  out = sum(x[:, dy:dy + H, dx:dx + W] for dy in range(3) for dx in range(3)) / 9
+  return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def test_soft_and_grainy_ground_truth_still_matches():
+  """Model samples are never pixel-exact: a 3x3 blur plus grain must not fail ground truth."""
+  rng = np.random.default_rng(0)
+  clips = [sw.generate_clip(s, 17, 32, 32, 0.0) for s in range(60)]
+  soft = [np.clip(_box_blur(c["video"]) + rng.normal(0, 8, c["video"].shape), 0, 255).astype(np.uint8)
+          for c in clips]
+  assert sd.adherence(soft, [c["spec"] for c in clips])["match"] >= 0.95
+
+
 def test_uniform_noise_scores_nothing():
   rng = np.random.default_rng(0)
   specs = [sw.generate_clip(s, 17, 32, 32)["spec"] for s in range(40)]
@@ -84,11 +100,13 @@ def test_extra_object_fails_count_but_specks_are_ignored():
   o = clip["spec"]["objects"][0]
   extra = next(c for c in sw.COLORS if c != o["color"])
   speck = clip["video"].copy()
-  far = (0, 30) if o["position"] != "top left" else (30, 30)
-  speck[:, far[0]:far[0] + 2, far[1]:far[1] + 2] = sw.COLORS[extra]  # 4 pixels
-  assert sd.score(speck, clip["spec"])["match"]
+  y, x = (0, 27) if o["position"] != "top right" else (27, 27)
+  speck[:, y:y + 2, x:x + 2] = sw.COLORS[extra]  # 4 pixels
+  thin = clip["video"].copy()
+  thin[:, y, x - 4:x + 5] = sw.COLORS[extra]  # a one-pixel line: a seam, not an object
+  assert sd.score(speck, clip["spec"])["match"] and sd.score(thin, clip["spec"])["match"]
   big = clip["video"].copy()
-  big[:, far[0]:far[0] + 2, far[1] - 6:far[1] + 2] = sw.COLORS[extra]  # a bar: another object
+  big[:, y:y + 5, x:x + 5] = sw.COLORS[extra]  # a 5x5 block: another object
   r = sd.score(big, clip["spec"])
   assert r["count"] is False and r["match"] is False
 
