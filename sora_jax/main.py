@@ -72,6 +72,8 @@ def main(argv) -> None:
   if not _WORKDIR.value:
     raise config_check.ConfigError("--workdir=DIR is required")
   config_check.check(cfg, _MODE.value)
+  if not any(a.startswith(("--verbosity", "-v=")) for a in sys.argv):
+    logging.set_verbosity(logging.WARNING)  # progress lines are printed; library INFO is noise
   maybe_initialize_distributed()
   enable_compilation_cache(_WORKDIR.value)
   os.makedirs(_WORKDIR.value, exist_ok=True)
