@@ -144,6 +144,18 @@ def test_parse_prompt_round_trips_generated_prompts(T):
     assert parsed.get("background", spec["background"]) == spec["background"]
 
 
+@pytest.mark.parametrize("T", [17, 1])
+def test_captions_parse_back_to_their_spec(T):
+  for seed in range(150):
+    clip = sw.generate_clip(seed, T, 32, 32)
+    parsed, spec = sw.parse_prompt(clip["caption"]), clip["spec"]
+    assert parsed["background"] == spec["background"], clip["caption"]
+    assert len(parsed["objects"]) == len(spec["objects"]), clip["caption"]
+    for got, want in zip(parsed["objects"], spec["objects"]):
+      keys = ("color", "shape", "size") + (("motion",) if T > 1 else ())
+      assert all(got.get(k) == want[k] for k in keys), (clip["caption"], got)
+
+
 def test_parse_prompt_free_text():
   assert sw.parse_prompt("A huge purple ball rests in the top-left corner while a grey-ish thing waits") == {
       "objects": [{"color": "magenta", "shape": "circle", "size": "large", "motion": "still",

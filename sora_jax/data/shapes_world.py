@@ -327,10 +327,11 @@ def _make_caption(rng, spec, tracks, masks, ids, H, W, is_image: bool) -> str:
   sentences = [_object_sentence(rng, o, tr, m, H, W, is_image)
                for o, tr, m in zip(spec["objects"], tracks, masks)]
   if len(sentences) == 2:
-    back = spec["objects"][0]
+    back, front = spec["objects"]
     back_hidden = (ids == 0).sum() < masks[0].sum() * ids.shape[0]
     if back_hidden:
-      sentences[1] += f", passing in front of the {back['color']} {back['shape']}"
+      how = "partly covering" if front["motion"] == "still" else "passing in front of"
+      sentences[1] += f", {how} the {back['color']} {back['shape']}"
   opener = "A still image of " if is_image else ""
   body = "; ".join(sentences) if is_image else ". ".join(s[0].upper() + s[1:] for s in sentences)
   if is_image:
@@ -394,7 +395,10 @@ def generate_clip(seed: int, num_frames: int, height: int, width: int,
   Returns {'video': uint8 (T, H, W, 3), 'prompt': str, 'caption': str, 'spec': dict}
   where spec = {'background': 'black'|'gray', 'objects': [{'color', 'shape', 'size',
   'motion', 'position' (still objects only)}]}, objects in drawing order (last on top).
-  The prompt names every object attribute of the spec (the background sometimes).
+  The prompt names every object attribute of the spec (the background sometimes); the
+  caption adds start positions and the background. Any T >= 1 (T = 1: a still image, all
+  objects still) and H, W >= 16. Directional objects move 0.025-0.04 of the frame side
+  per frame, slower only where a long clip would otherwise carry them out of the frame.
   """
   _check_args(seed, num_frames, height, width, two_object_fraction)
   T, H, W = int(num_frames), int(height), int(width)
@@ -473,9 +477,11 @@ def _take_background(tokens: list[str]):
         if tokens[j] in ("black", "gray", "grey"):
           found = "black" if tokens[j] == "black" else "gray"
           break
-    if found is None and i + 2 < len(tokens) and tokens[i + 1] == "is" and tokens[i + 2] in ("black", "gray", "grey"):
-      found = "black" if tokens[i + 2] == "black" else "gray"
-      span += [i + 1, i + 2]
+    if found is None and i + 2 < len(tokens) and tokens[i + 1] == "is":  # "background is (plain) gray"
+      j = i + 3 if tokens[i + 2] in ("plain", "flat", "dark") and i + 3 < len(tokens) else i + 2
+      if tokens[j] in ("black", "gray", "grey"):
+        found = "black" if tokens[j] == "black" else "gray"
+        span += list(range(i + 1, j + 1))
     for j in span:
       tokens[j] = ""
   return found
@@ -499,9 +505,9 @@ def _take_positions(tokens: list[str]) -> list[tuple[int, str]]:
 
 def _blank_references(tokens: list[str]) -> None:
   """Blanks mentions of an object already named ("in front of the red square",
-  "behind the circle"), so they do not count as new objects."""
+  "behind the circle", "covering the triangle"), so they do not count as new objects."""
   for i, tok in enumerate(tokens):
-    if tok == "behind" or (tok == "of" and i > 0 and tokens[i - 1] == "front"):
+    if tok in ("behind", "covering") or (tok == "of" and i > 0 and tokens[i - 1] == "front"):
       j = i + 1
       while j < len(tokens) and (tokens[j] in _DETERMINERS or tokens[j] in _COLOR_LEXICON
                                  or tokens[j] in _SIZE_LEXICON):

@@ -85,7 +85,9 @@ def classify_pixels(video_THWC: np.ndarray, background: str) -> np.ndarray:
   dir_K3 = _PALETTE_K3 - bg
   len2_K = (dir_K3 * dir_K3).sum(1)
   rel_N3 = x_N3 - bg
-  a_NK = rel_N3 @ dir_K3.T / len2_K
+  # Channel sums, not a matmul: BLAS threads on an (N, 3) x (3, K) product cost more
+  # than they save and stall on a shared machine.
+  a_NK = sum(rel_N3[:, c, None] * dir_K3[:, c] for c in range(3)) / len2_K
   on_segment_NK = np.clip(a_NK, 0.0, 1.0)
   # |rel - s*dir|^2 / |dir|^2 with rel.dir = a*|dir|^2, expanded to stay (N, K).
   residual2_NK = (rel_N3 * rel_N3).sum(1, keepdims=True) / len2_K + on_segment_NK * (on_segment_NK - 2 * a_NK)
