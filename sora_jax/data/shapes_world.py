@@ -46,6 +46,9 @@ MIN_SIDE = 16
 # A bouncing object's first wall contact falls in this share of the clip, so that the
 # reflection is visible with motion on both sides of it.
 _BOUNCE_WINDOW = (0.3, 0.7)
+# ... and, where the clip is long enough, this share of the side is travelled before and
+# after that contact (the evaluator asks for 0.08).
+_BOUNCE_TRAVEL = 0.12
 # Two-object clips: resample positions while the back object keeps less than this share
 # of its pixels in some frame (a hidden object cannot match its prompt).
 _MIN_VISIBLE = 0.75
@@ -162,7 +165,11 @@ def _bouncing_track(rng, T, H, W, h, w):
   if T > 2:  # put one wall contact mid-clip so the reflection is seen
     axis = int(rng.integers(2))
     speed = abs(velocity[axis])
-    lo, hi = _BOUNCE_WINDOW[0] * (T - 1), min(_BOUNCE_WINDOW[1] * (T - 1), rooms[axis] / speed)
+    margin = _BOUNCE_TRAVEL * (H, W)[axis] / speed
+    lo, hi = max(_BOUNCE_WINDOW[0] * (T - 1), margin), min(_BOUNCE_WINDOW[1] * (T - 1), T - 1 - margin)
+    if lo > hi:  # too short a clip for both: contact at mid-clip
+      lo = hi = (T - 1) / 2
+    hi = min(hi, rooms[axis] / speed)
     if lo <= hi:
       contact = rng.uniform(lo, hi)
       start[axis] = rooms[axis] - speed * contact if velocity[axis] > 0 else speed * contact
