@@ -1,0 +1,111 @@
+"""Causal video VAE: causality, chunked == whole clip, shapes, and input errors."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.config_defaults import base_config
+from sora_jax.models.vae import (WanVAE, decode_chunked, encode_chunked, init_variables,
+                                 latent_shape, vae_from_config)
+
+TINY = WanVAE(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
+              temporal_downsample=(True, True), chunk_frames=2)
+
+
+@pytest.fixture(scope="module")
+def variables():
+  return nn.unbox(init_variables(TINY, jax.random.key(0)))
+
+
+def _video(key, t, h=16, w=24):
+  return jax.random.uniform(jax.random.key(key), (1, t, h, w, 3), minval=-1.0, maxval=1.0)
+
+
+_encode = jax.jit(lambda v, x: TINY.apply(v, x, method=WanVAE.encode))
+_decode = jax.jit(lambda v, z: TINY.apply(v, z, method=WanVAE.decode))
+
+
+def test_encoding_is_causal(variables):
+  """Latent frame i depends only on pixel frames <= 4i: later frames never change it."""
+  x = _video(1, 13)
+  mean, logvar = _encode(variables, x)
+  for t, lt in ((1, 1), (5, 2)):  # An image is the first frame of its video.
+    mean_t, logvar_t = _encode(variables, x[:, :t])
+    np.testing.assert_allclose(mean_t, mean[:, :lt], atol=1e-5)
+    np.testing.assert_allclose(logvar_t, logvar[:, :lt], atol=1e-5)
+  future_changed, _ = _encode(variables, x.at[:, 9:].set(_video(2, 4)))
+  np.testing.assert_allclose(future_changed[:, :3], mean[:, :3], atol=1e-5)
+  assert np.abs(future_changed[:, 3] - mean[:, 3]).max() > 1e-3  # Those frames do matter.
+
+
+def test_decoding_is_causal(variables):
+  z = jax.random.normal(jax.random.key(3), (1, 4, 4, 6, 4))
+  full = _decode(variables, z)
+  np.testing.assert_allclose(_decode(variables, z[:, :2]), full[:, :5], atol=1e-5)
+  np.testing.assert_allclose(_decode(variables, z[:, :1]), full[:, :1], atol=1e-5)
+
+
+def test_chunked_equals_whole_clip(variables):
+  x = _video(1, 13)  # 3 latent frames after the first, in chunks of 2: a scan step + a tail.
+  mean, logvar = _encode(variables, x)
+  mean_c, logvar_c, _ = encode_chunked(TINY, variables, x)
+  np.testing.assert_allclose(mean_c, mean, atol=1e-5)
+  np.testing.assert_allclose(logvar_c, logvar, atol=1e-5)
+  z = jax.random.normal(jax.random.key(3), (1, 4, 4, 6, 4))
+  video_c, _ = decode_chunked(TINY, variables, z)
+  assert video_c.shape == x.shape
+  np.testing.assert_allclose(video_c, _decode(variables, z), atol=1e-5)
+
+
+def test_streaming_with_explicit_cache(variables):
+  """A clip fed in two calls, carrying the returned cache, encodes/decodes as one."""
+  x = _video(1, 13)
+  mean, _ = _encode(variables, x)
+  m1, _, cache = encode_chunked(TINY, variables, x[:, :5])
+  m2, _, _ = encode_chunked(TINY, variables, x[:, 5:], cache)
+  np.testing.assert_allclose(jnp.concatenate([m1, m2], 1), mean, atol=1e-5)
+  z = jax.random.normal(jax.random.key(3), (1, 4, 4, 6, 4))
+  v1, cache = decode_chunked(TINY, variables, z[:, :2])
+  v2, _ = decode_chunked(TINY, variables, z[:, 2:], cache)
+  np.testing.assert_allclose(jnp.concatenate([v1, v2], 1), _decode(variables, z), atol=1e-5)
+
+
+@pytest.mark.parametrize("frames", [1, 5, 17])
+def test_shapes(variables, frames):
+  h, w = 16, 32
+  x = jax.ShapeDtypeStruct((2, frames, h, w, 3), jnp.float32)
+  lt = 1 + (frames - 1) // 4
+  mean, logvar = jax.eval_shape(lambda v, x: TINY.apply(v, x, method=WanVAE.encode), variables, x)
+  assert mean.shape == logvar.shape == (2, lt, h // 4, w // 4, 4) == (2,) + TINY.latent_shape(frames, h, w)
+  video = jax.eval_shape(lambda v, z: TINY.apply(v, z, method=WanVAE.decode), variables, mean)
+  assert video.shape == x.shape and TINY.video_shape(lt, h // 4, w // 4) == x.shape[1:]
+  recon, m, lv = jax.eval_shape(lambda v, x: TINY.apply(v, x, jax.random.key(0)), variables, x)
+  assert recon.shape == x.shape and m.shape == lv.shape == mean.shape
+
+
+def test_config_helpers():
+  cfg = base_config()
+  vae = vae_from_config(cfg)
+  s = 2 ** (len(cfg.vae.dim_mult) - 1)
+  assert latent_shape(cfg, 17, 32, 48) == (5, 32 // s, 48 // s, cfg.vae.z_dim)
+  assert vae.latent_shape(1, 32, 32)[0] == 1  # Images are 1-frame videos.
+
+
+@pytest.mark.parametrize("shape, match", [
+    ((1, 4, 16, 16, 3), r"1\+4k.*use 1 or 5"),
+    ((1, 6, 16, 16, 3), r"1\+4k.*use 5 or 9"),
+    ((1, 5, 18, 16, 3), r"height=18 is not a multiple of 4.*16 or 20"),
+    ((1, 5, 16, 30, 3), r"width=30 is not a multiple of 4"),
+    ((1, 5, 16, 16, 1), r"\(B, T, H, W, 3\)"),
+])
+def test_bad_input_is_a_clear_error(variables, shape, match):
+  with pytest.raises(ValueError, match=match):
+    TINY.apply(variables, jnp.zeros(shape), method=WanVAE.encode)
+
+
+def test_bad_chunk_is_a_clear_error(variables):
+  with pytest.raises(ValueError, match="multiple of 4 frames, got 3"):
+    encode_chunked(TINY, variables, _video(6, 3), cache={"encoder": {}})
+  with pytest.raises(ValueError, match="chunk_frames=0"):
+    decode_chunked(TINY, variables, jnp.zeros((1, 2, 4, 4, 4)), chunk_frames=0)
