@@ -1,0 +1,192 @@
+"""Every mode of the entry point on a tiny config: data -> train_vae -> encode -> train ->
+sample (every task) -> eval, plus exact resume of the DiT trainer.
+
+One workdir is built once per session (module fixture) with tiny networks so compiles
+stay short; the tests then check the properties users rely on.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sora_jax.config_defaults import base_config
+from sora_jax.training import checkpoint, metrics
+
+TINY = [
+    "--config.data.num_train=32", "--config.data.num_val=8", "--config.data.batch_size=4",
+    "--config.data.buckets=9x16x16,1x16x16",
+    "--config.vae.base_dim=8", "--config.vae.z_dim=4", "--config.vae_train.batch_size=4",
+    "--config.dit.dim=32", "--config.dit.ffn_dim=64", "--config.dit.num_heads=2",
+    "--config.dit.num_layers=2", "--config.text.max_length=8",
+    "--config.train.log_every=1", "--config.train.checkpoint_every=2",
+    "--config.train.tensorboard=False",
+    "--config.sample.steps=2", "--config.sample.height=16", "--config.sample.width=16",
+    "--config.sample.num_frames=9", "--config.sample.batch_size=2",
+    "--config.eval.num_prompts=2", "--config.eval.num_vae_clips=2", "--config.eval.steps=2",
+]
+
+
+def tiny_config():
+  """The same overrides as TINY, applied in-process."""
+  cfg = base_config()
+  for arg in TINY:
+    key, value = arg[len("--config."):].split("=")
+    section, field = key.split(".")
+    old = cfg[section][field]
+    cfg[section][field] = type(old)(value == "True") if isinstance(old, bool) else type(old)(value)
+  return cfg
+
+
+def sora(workdir, *args, check=True):
+  r = subprocess.run([sys.executable, "-m", "sora_jax", "--config=configs/shapes_tiny.py",
+                      f"--workdir={workdir}", *TINY, *args],
+                     capture_output=True, text=True, timeout=900)
+  if check and r.returncode:
+    raise AssertionError(f"sora_jax {' '.join(args)} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+  return r
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp("e2e"))
+  sora(wd, "--mode=data")
+  sora(wd, "--mode=train_vae", "--config.train.num_steps=4")
+  sora(wd, "--mode=encode")
+  sora(wd, "--mode=train", "--config.train.num_steps=4")
+  return wd
+
+
+def test_training_writes_metrics_and_checkpoints(workdir):
+  rows = metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  for mode in ("train_vae", "train"):
+    steps = [r["step"] for r in rows if r["mode"] == mode and "loss" in r]
+    assert steps == [1, 2, 3, 4], (mode, steps)
+  assert all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
+  assert any("val_psnr" in r for r in rows)
+  _, step = checkpoint.load_params(os.path.join(workdir, "checkpoints"))
+  assert step == 4
+
+
+def test_dit_resume_is_exact(workdir, tmp_path):
+  """4 steps straight == 2 steps, a restart, then 2 more (losses and parameters)."""
+  other = str(tmp_path / "resumed")
+  os.makedirs(other)
+  shutil.copytree(os.path.join(workdir, "vae_checkpoints"), os.path.join(other, "vae_checkpoints"))
+  shutil.copy(os.path.join(workdir, "latent_stats.json"), other)
+  data = f"--config.data.data_dir={os.path.join(workdir, 'data')}"
+  sora(other, "--mode=train", "--config.train.num_steps=2", data)
+  sora(other, "--mode=train", "--config.train.num_steps=4", data)
+  straight = [r["loss"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+              if r["mode"] == "train"]
+  resumed = [r["loss"] for r in metrics.read_jsonl(os.path.join(other, "metrics.jsonl"))
+             if r["mode"] == "train"]
+  assert resumed == straight
+  a, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints"), use_ema=False)
+  b, _ = checkpoint.load_params(os.path.join(other, "checkpoints"), use_ema=False)
+  for x, y in zip(jax_leaves(a), jax_leaves(b)):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.leaves(tree)
+
+
+@pytest.fixture(scope="module")
+def pipe(workdir):
+  from sora_jax.sampling.sample import VideoPipeline  # pylint: disable=g-import-not-at-top
+  return VideoPipeline(tiny_config(), workdir)
+
+
+@pytest.fixture(scope="module")
+def clip():
+  from sora_jax.data import shapes_world  # pylint: disable=g-import-not-at-top
+  return shapes_world.generate_clip(3, 9, 16, 16)["video"]
+
+
+KW = dict(steps=2, cfg_scale=3.0)
+
+
+@pytest.mark.parametrize("task, frames, expect_frames", [
+    ("t2v", 9, 9), ("t2i", 9, 1), ("loop", 9, 9), ("long", 21, 21)])
+def test_unconditioned_task_shapes(pipe, task, frames, expect_frames):
+  out = pipe.run_task(task, ["a red circle", "a blue square"], [0, 1], frames, 16, 16,
+                      long_window=9, long_overlap=5, **KW)
+  assert out.shape == (2, expect_frames, 16, 16, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("height, width", [(16, 24), (24, 16)])
+def test_widescreen_and_vertical(pipe, height, width):
+  out = pipe.run_task("t2v", ["a red circle"], [0], 9, height, width, **KW)
+  assert out.shape == (1, 9, height, width, 3)
+
+
+def _reconstruct(pipe, frames_FHWC):
+  return pipe.decode(pipe.encode(frames_FHWC[None]))[0].astype(int)
+
+
+def test_i2v_and_interpolate_reproduce_given_frames(pipe, clip):
+  image = clip[0]
+  recon = _reconstruct(pipe, image[None])[0]
+  out = pipe.run_task("i2v", ["a"], [0], 9, 16, 16, image=image, **KW)[0]
+  # Latent frame 0 is held clean and the decoder is causal: frame 0 is the image's reconstruction.
+  assert np.abs(out[0].astype(int) - recon).max() <= 1
+  out = pipe.run_task("interpolate", ["a"], [0], 9, 16, 16, image=image, end_image=clip[-1], **KW)[0]
+  assert np.abs(out[0].astype(int) - recon).max() <= 1
+
+
+def test_extend_keeps_the_clip_and_adds_frames(pipe, clip):
+  fwd = pipe.run_task("extend", ["a"], [0], 9, 16, 16, video=clip, cond_frames=5, **KW)[0]
+  assert fwd.shape[0] == len(clip) + 9 - 5
+  np.testing.assert_array_equal(fwd[:len(clip)], clip)
+  back = pipe.run_task("extend_backward", ["a"], [0], 9, 16, 16, video=clip, cond_frames=5, **KW)[0]
+  np.testing.assert_array_equal(back[-len(clip):], clip)
+  assert back.shape[0] > len(clip)
+
+
+def test_edit_strength_zero_returns_the_reconstruction(pipe, clip):
+  out = pipe.run_task("edit", ["a"], [0], 9, 16, 16, video=clip, strength=0.0, **KW)[0]
+  assert np.abs(out.astype(int) - _reconstruct(pipe, clip)).max() <= 1
+
+
+def test_same_seed_same_video_and_seeds_differ(pipe):
+  a = pipe.run_task("t2v", ["a red circle", "a red circle"], [5, 6], 9, 16, 16, **KW)
+  b = pipe.run_task("t2v", ["a red circle"], [5], 9, 16, 16, **KW)
+  np.testing.assert_array_equal(a[0], b[0])
+  assert not np.array_equal(a[0], a[1])
+
+
+def test_sample_mode_writes_videos_and_index(workdir, tmp_path):
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a red circle moving left\nun carré bleu\n", encoding="utf-8")
+  out = tmp_path / "samples"
+  sora(workdir, "--mode=sample", f"--config.sample.prompts_file={prompts}",
+       f"--config.sample.output_dir={out}", "--config.sample.seed=7")
+  rows = json.loads((out / "samples.json").read_text())
+  assert [r["prompt"] for r in rows] == ["a red circle moving left", "un carré bleu"]
+  for r, seed in zip(rows, (7, 8)):
+    assert (r["task"], r["seed"], r["frames"], r["height"], r["width"]) == ("t2v", seed, 9, 16, 16)
+    assert os.path.getsize(r["path"]) > 0 and r["path"].endswith(".mp4")
+    assert os.path.exists(r["gif"])
+
+
+def test_sample_refuses_an_impossible_size_before_compiling(workdir):
+  r = sora(workdir, "--mode=sample", "--config.sample.height=20", check=False)
+  assert r.returncode == 2 and "height=20" in r.stderr
+
+
+def test_eval_writes_its_figures(workdir):
+  sora(workdir, "--mode=eval")
+  with open(os.path.join(workdir, "eval.json")) as f:
+    e = json.load(f)
+  assert 0 < e["vae"]["psnr"] < 100
+  a = e["adherence"]
+  assert a["ground_truth"]["match"] >= 0.5  # the ceiling on real clips
+  assert set(a["model"]) >= {"match", "color", "shape", "size", "motion"}
+  for k in ("i2v_first_frame_psnr", "extend_seam_abs_diff", "interpolate_end_psnr",
+            "loop_closure_abs_diff"):
+    assert np.isfinite(e["tasks"][k])
