@@ -8,12 +8,12 @@ on every host (e.g. `gcloud compute tpus tpu-vm ssh NAME --worker=all --command=
 JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID set per host:
 
   python -m sora_jax --config=configs/dit_14b.py --workdir=gs://BUCKET/wan14 --mode=train \
-    --config.weights=/ckpt/Wan2.1-T2V-14B-Diffusers/transformer \
     --config.text.path=/ckpt/Wan2.1-T2V-14B-Diffusers/text_encoder \
     --config.data.video_dir=/data/videos
 
-The DiT has 14,288,491,584 parameters (tests/test_dit.py checks this against the published
-checkpoint).
+To sample or fine-tune the public Wan 2.1 weights use configs/wan2_1_t2v_14b.py
+(docs/open_weights.md). The DiT has 14,288,491,584 parameters (tests/test_dit.py checks
+this against the published checkpoint).
 """
 from sora_jax.config_defaults import base_config
 

@@ -3,15 +3,15 @@
 Target: one host with 8 x H100 80GB; mesh data=1, fsdp=8 (parameters, optimizer state and
 EMA sharded 8 ways, batch split over the same devices). 480p, 81 frames (21 x 30 x 52 =
 32,760 tokens a clip), bf16 compute, f32 parameters, full remat per block, cuDNN flash
-attention. Loads the public weights (diffusers layout, `sora_jax.convert.wan_dit`):
+attention. Trains a DiT of Wan's shapes from scratch:
 
   python -m sora_jax --config=configs/dit_1_3b.py --workdir=/ckpt/wan13 --mode=train \
-    --config.weights=/ckpt/Wan2.1-T2V-1.3B-Diffusers/transformer \
     --config.text.path=/ckpt/Wan2.1-T2V-1.3B-Diffusers/text_encoder \
     --config.data.video_dir=/data/videos
 
-(the VAE's weights are `.../vae`; `--mode=sample` takes the same flags.) The DiT has
-1,418,996,800 parameters (tests/test_dit.py checks this against the published checkpoint).
+To sample or fine-tune the public Wan 2.1 weights use configs/wan2_1_t2v_1_3b.py
+(docs/open_weights.md). The DiT has 1,418,996,800 parameters (tests/test_dit.py checks
+this against the published checkpoint).
 """
 from sora_jax.config_defaults import base_config
 

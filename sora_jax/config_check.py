@@ -12,6 +12,7 @@ ATTENTION = ("xla", "cudnn", "splash", "blockwise", "ulysses", "ring")
 REMAT = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
+LORA_TARGETS = ("q", "k", "v", "o", "ffn")
 
 
 class ConfigError(ValueError):
@@ -148,6 +149,20 @@ def check(cfg, mode: str) -> None:
   for k in ("data", "fsdp", "sequence", "tensor"):
     if cfg.mesh[k] == 0 or cfg.mesh[k] < -1:
       raise ConfigError(f"mesh.{k}={cfg.mesh[k]} must be a positive size or -1 (fill)")
+  if cfg.weights and not os.path.isdir(cfg.weights):
+    raise ConfigError(f"weights={cfg.weights!r} is not a folder; download a Wan 2.1 diffusers "
+                      "folder first (docs/open_weights.md)")
+  if cfg.train.lora_rank < 0 or cfg.train.lora_alpha <= 0:
+    raise ConfigError(f"train.lora_rank={cfg.train.lora_rank} must be >= 0 (0: no LoRA) and "
+                      f"train.lora_alpha={cfg.train.lora_alpha} > 0")
+  if cfg.train.lora_rank > 0:
+    targets = [t.strip() for t in cfg.train.lora_targets.split(",") if t.strip()]
+    if not targets or any(t not in LORA_TARGETS for t in targets):
+      raise ConfigError(f"train.lora_targets={cfg.train.lora_targets!r}: choose a comma-separated "
+                        f"subset of {', '.join(LORA_TARGETS)}")
+    if not cfg.weights and mode in ("train", "sample", "eval"):
+      raise ConfigError("train.lora_rank > 0 adapts open weights: set --config.weights=FOLDER "
+                        "(docs/open_weights.md), or train.lora_rank=0")
   if mode in ("sample", "eval"):
     s = cfg.sample
     _one_of("sample.task", s.task, TASKS)

@@ -95,6 +95,7 @@ def base_config() -> ml_collections.ConfigDict:
   # (memory-linear), 'ulysses' / 'ring' (sequence parallel over mesh axis 'sequence').
   cfg.dit.attention = "xla"
   cfg.dit.attention_block = 512  # Block size for blockwise / ring attention.
+  cfg.dit.text_mask = True  # Cross-attention skips padded text slots; False attends to all (Wan 2.1).
 
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()
@@ -122,9 +123,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.train.b2 = 0.99
   cfg.train.grad_clip = 1.0
   cfg.train.ema_decay = 0.999
-  cfg.train.lora_rank = 0  # >0: train LoRA adapters only (see Wan configs).
-  cfg.train.lora_alpha = 16.0
-  cfg.train.lora_targets = "q,k,v,o"
+  cfg.train.lora_rank = 0  # >0: train only LoRA adapters of rank r on a loaded base (needs `weights`).
+  cfg.train.lora_alpha = 16.0  # LoRA scale: the kernel delta is (lora_alpha / lora_rank) A @ B.
+  cfg.train.lora_targets = "q,k,v,o"  # Adapted block kernels: q, k, v, o (self+cross attention), ffn.
   cfg.train.tensorboard = True
 
   # ---------------------------------------------------------------- sampling
@@ -191,5 +192,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.benchmark.warmup = 3
   cfg.benchmark.matmul_size = 2048  # Peak FLOP/s probe matrix size.
 
-  cfg.weights = ""  # Open weights to load (Wan 2.1 safetensors folder); see configs/wan2_1_*.
+  # Open weights: a Wan 2.1 diffusers folder (transformer/, vae/, text_encoder/, tokenizer/).
+  # Set, the DiT/VAE/text encoder come from it instead of workdir checkpoints; see
+  # configs/wan2_1_*.py and docs/open_weights.md.
+  cfg.weights = ""
   return cfg

@@ -1,9 +1,10 @@
-"""Read safetensors files into numpy without torch, bfloat16 and float8 included.
+"""Read (and write) safetensors files with numpy, without torch, bfloat16 and float8 included.
 
 `safetensors.numpy` refuses bfloat16 (numpy has no such dtype), and the public Wan / umT5
 checkpoints are bfloat16; this reader parses the documented format (8-byte little-endian
 header length, JSON header, raw little-endian data) and memory-maps the tensors with
 `ml_dtypes` types, so a 20 GB checkpoint costs no memory until a tensor is used.
+`write_file` streams tensors out one at a time (exported fine-tuned checkpoints).
 """
 import glob
 import json
@@ -54,3 +55,43 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
         raise ValueError(f"tensor {name!r} appears in more than one file under {path}")
       out[name] = arr
   return out
+
+
+_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
+
+
+def write_file(path: str, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+  """Writes a .safetensors file, one tensor at a time (bfloat16 included).
+
+  tensors: name -> array, or name -> (shape, dtype, produce) where `produce()` returns the
+  array only when it is written, so a large file never has to be in memory at once.
+  Written to `path` + '.tmp' and renamed, so a crash leaves no partial file under `path`.
+  """
+  specs = {}
+  for name, t in tensors.items():
+    if isinstance(t, tuple):
+      specs[name] = (tuple(t[0]), np.dtype(t[1]), t[2])
+    else:
+      specs[name] = (tuple(t.shape), np.dtype(t.dtype), lambda t=t: t)
+  header, offset = {}, 0
+  for name, (shape, dtype, _) in specs.items():
+    if dtype not in _NAMES:
+      raise ValueError(f"tensor {name!r}: dtype {dtype} cannot be written to safetensors")
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    header[name] = {"dtype": _NAMES[dtype], "shape": list(shape),
+                    "data_offsets": [offset, offset + size]}
+    offset += size
+  if metadata:
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+  blob = json.dumps(header, separators=(",", ":")).encode()
+  blob += b" " * (-len(blob) % 8)  # The format pads the header to 8-byte alignment.
+  tmp = path + ".tmp"
+  with open(tmp, "wb") as f:
+    f.write(struct.pack("<Q", len(blob)))
+    f.write(blob)
+    for name, (shape, dtype, produce) in specs.items():
+      arr = np.ascontiguousarray(produce(), dtype=dtype)
+      if arr.shape != shape:
+        raise ValueError(f"tensor {name!r} was declared {shape} but produced {arr.shape}")
+      f.write(arr.tobytes())
+  os.replace(tmp, path)

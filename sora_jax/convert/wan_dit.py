@@ -20,7 +20,17 @@ stacked on a leading layer axis when cfg.dit.scan_layers):
 Every expected tensor must be present with the expected shape and every checkpoint tensor
 must be used; otherwise the error names the first offender (I2V image-conditioning tensors
 are reported as unused: this DiT is T2V).
+
+`lazy_wan_params` does the same checks without reading any tensor data: each parameter
+becomes a `LazyTensor` whose `read(index)` converts only the requested slice, reading only
+the rows/columns it needs from the memory-mapped safetensors. That is what lets every host
+of a multi-host job build its own shards (`sora_jax.models.weights`) without ever holding
+the whole model.
 """
+import dataclasses
+import math
+from typing import Callable
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,14 +109,42 @@ def _top_sources() -> dict[tuple, tuple[str, str]]:
   return out
 
 
-def _convert(arr: np.ndarray, kind: str) -> np.ndarray:
+def _converted_shape(shape: tuple, kind: str) -> tuple:
+  """Shape of a torch tensor of `shape` after conversion `kind` (no data read)."""
+  shape = tuple(shape)
   if kind == "linear":
-    return np.asarray(arr).T
-  if kind == "conv3d":  # (D, C, pt, ph, pw) -> (pt*ph*pw*C, D): our patches flatten (pt,ph,pw,C).
-    return np.asarray(arr).transpose(2, 3, 4, 1, 0).reshape(-1, arr.shape[0])
-  if kind == "squeeze0":
-    return np.asarray(arr).reshape(arr.shape[1:]) if arr.ndim == 3 else np.asarray(arr)
-  return np.asarray(arr)
+    return shape[::-1]
+  if kind == "conv3d":
+    return (math.prod(shape[1:]), shape[0]) if len(shape) == 5 else shape
+  if kind == "squeeze0" and len(shape) == 3:
+    return shape[1:]
+  return shape
+
+
+def _read(arr: np.ndarray, kind: str, idx: tuple) -> np.ndarray:
+  """converted(arr)[idx], touching only the part of (memory-mapped) `arr` that idx needs."""
+  if kind == "linear":  # converted = arr.T, so converted[i, j] = arr[j, i].
+    return np.asarray(arr[idx[::-1]]).T
+  if kind == "conv3d":  # (D, C, pt, ph, pw) -> (pt*ph*pw*C, D); the patch embedding is small.
+    return np.asarray(arr).transpose(2, 3, 4, 1, 0).reshape(-1, arr.shape[0])[idx]
+  if kind == "squeeze0" and arr.ndim == 3:
+    return np.asarray(arr[(0,) + idx])
+  return np.asarray(arr[idx])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LazyTensor:
+  """A converted parameter, read on demand: `read(index)` -> numpy slice in `dtype`.
+
+  `index` is a tuple of slices, one per dimension (what `jax.make_array_from_callback`
+  passes); `numpy()` reads the whole parameter.
+  """
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  read: Callable[[tuple], np.ndarray]
+
+  def numpy(self) -> np.ndarray:
+    return self.read(tuple(slice(None) for _ in self.shape))
 
 
 def _set(tree, path, value):
@@ -121,46 +159,55 @@ def _get(tree, path):
   return tree
 
 
-def wan_params_from_diffusers(sd: dict[str, np.ndarray], cfg) -> dict:
-  """diffusers-named Wan state dict (numpy) -> params (numpy, cfg.dit.param_dtype).
+def lazy_wan_params(sd: dict[str, np.ndarray], cfg) -> dict:
+  """diffusers-named Wan state dict -> params tree of `LazyTensor`s (cfg.dit.param_dtype).
 
-  Raises KeyError / ValueError naming the first missing, mis-shaped or unused tensor.
+  Reads no tensor data. Raises KeyError / ValueError naming the first missing, mis-shaped
+  or unused tensor.
   """
   sd = {k: v for k, v in sd.items() if not any(s in k for s in _IGNORED)}
   expected = nn.unbox(dit_lib.param_shapes(cfg))
   dtype = jnp.dtype(cfg.dit.param_dtype)
   n = cfg.dit.num_layers
-  scan = cfg.dit.scan_layers
   used = set()
 
   def fetch(torch_name, kind, want_shape):
+    """Checks one tensor; returns idx -> its converted slice."""
     if torch_name not in sd:
       raise KeyError(f"Wan checkpoint is missing tensor {torch_name!r} (config dit/text/vae "
                      "shapes must match the checkpoint)")
-    arr = _convert(sd[torch_name], kind)
-    if arr.shape != tuple(want_shape):
-      raise ValueError(f"Wan tensor {torch_name!r} converts to shape {arr.shape}, but this config "
+    arr = sd[torch_name]
+    shape = _converted_shape(arr.shape, kind)
+    if shape != tuple(want_shape):
+      raise ValueError(f"Wan tensor {torch_name!r} converts to shape {shape}, but this config "
                        f"expects {tuple(want_shape)}; check dit.dim/ffn_dim/num_heads/patch_size, "
                        "vae.z_dim and text.dim")
     used.add(torch_name)
-    return arr.astype(dtype)
+    return lambda idx: _read(arr, kind, idx).astype(dtype)
+
+  def lazy(shape, read):
+    return LazyTensor(tuple(shape), dtype, read)
 
   params = {}
   for path, (name, kind) in _top_sources().items():
-    _set(params, path, fetch(name, kind, _get(expected, path).shape))
-  if scan:
+    want = _get(expected, path).shape
+    _set(params, path, lazy(want, fetch(name, kind, want)))
+  if cfg.dit.scan_layers:
     layer = expected["blocks"]
-    per_layer = [{} for _ in range(n)]
+    readers = {}
     for i in range(n):
       for path, (name, kind) in _block_sources(i, layer).items():
-        _set(per_layer[i], path, fetch(name, kind, _get(layer, path).shape[1:]))
-    params["blocks"] = jax.tree.map(lambda *xs: np.stack(xs), *per_layer)
+        readers.setdefault(path, []).append(fetch(name, kind, _get(layer, path).shape[1:]))
+    for path, per_layer in readers.items():
+      # Stacked on a leading layer axis: index 0 picks layers, the rest slices each layer.
+      read = lambda idx, r=per_layer: np.stack([f(idx[1:]) for f in r[idx[0]]])
+      _set(params, ("blocks",) + path, lazy(_get(layer, path).shape, read))
   else:
     for i in range(n):
       layer = expected[f"blocks_{i}"]
-      params[f"blocks_{i}"] = {}
       for path, (name, kind) in _block_sources(i, layer).items():
-        _set(params[f"blocks_{i}"], path, fetch(name, kind, _get(layer, path).shape))
+        want = _get(layer, path).shape
+        _set(params, (f"blocks_{i}",) + path, lazy(want, fetch(name, kind, want)))
   extra = sorted(set(sd) - used)
   if extra:
     raise ValueError(f"Wan checkpoint has {len(extra)} tensor(s) this DiT does not use, first "
@@ -168,11 +215,47 @@ def wan_params_from_diffusers(sd: dict[str, np.ndarray], cfg) -> dict:
   return params
 
 
+def wan_params_from_diffusers(sd: dict[str, np.ndarray], cfg) -> dict:
+  """diffusers-named Wan state dict (numpy) -> params (numpy, cfg.dit.param_dtype).
+
+  Raises KeyError / ValueError naming the first missing, mis-shaped or unused tensor.
+  """
+  return jax.tree.map(lambda t: t.numpy(), lazy_wan_params(sd, cfg))
+
+
+def kernel_names(cfg) -> dict[tuple, list[str]]:
+  """Our path of every block Linear kernel -> its diffusers tensor name(s), one per layer.
+
+  Paths are as in the params tree (('blocks', 'attn1', 'to_q', 'kernel') under scan, with
+  one name per layer in layer order; ('blocks_3', ...) with one name otherwise). Used to
+  write adapted kernels back under their checkpoint names.
+  """
+  expected = nn.unbox(dit_lib.param_shapes(cfg))
+  out = {}
+  for i in range(cfg.dit.num_layers):
+    prefix = ("blocks",) if cfg.dit.scan_layers else (f"blocks_{i}",)
+    layer = expected[prefix[0]]
+    for path, (name, kind) in _block_sources(i, layer).items():
+      if kind == "linear":
+        out.setdefault(prefix + path, []).append(name)
+  return out
+
+
 def wan_params(sd: dict[str, np.ndarray], cfg) -> dict:
   """Either naming (diffusers or original Wan repo) -> params."""
   if _is_original(sd):
     sd = original_to_diffusers_names(sd)
   return wan_params_from_diffusers(sd, cfg)
+
+
+def to_diffusers_names(sd: dict) -> dict:
+  """Either naming -> diffusers naming (original Wan repo names are renamed)."""
+  return original_to_diffusers_names(sd) if _is_original(sd) else sd
+
+
+def lazy_wan(sd: dict[str, np.ndarray], cfg) -> dict:
+  """Either naming -> params tree of `LazyTensor`s (nothing read yet)."""
+  return lazy_wan_params(to_diffusers_names(sd), cfg)
 
 
 def load_wan_dit(path: str, cfg) -> dict:

@@ -26,6 +26,7 @@ from sora_jax.data import build as build_lib
 from sora_jax.data import tfds_shapes
 from sora_jax.models import text_encoder as text_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import weights
 from sora_jax.training import checkpoint
 
 CHUNK = 64  # Records per staged chunk (the unit of resumption).
@@ -194,9 +195,20 @@ def run(cfg, workdir: str) -> None:
   source_builder = build_lib.source_builder(cfg, paths.data_dir(cfg, workdir))
   meta = source_builder.info.metadata
   vae = vae_lib.vae_from_config(cfg)
-  params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True)
-  vae_apply = jax.jit(lambda x: vae.apply({"params": params}, x, method=vae.encode))
-  text = text_lib.load_text_encoder(cfg)
+  if cfg.weights:
+    # Open weights (Wan 2.1): their VAE and text encoder. Clips go through the chunked
+    # encoder one at a time: a whole 81-frame 480p clip would not fit in device memory.
+    params, vae_step = weights.load_vae(cfg), 0
+    text = weights.load_text_encoder(cfg)
+
+    def vae_apply(x):
+      enc = [vae_lib.encode_chunked(vae, {"params": params}, x[i:i + 1])[:2]
+             for i in range(x.shape[0])]
+      return tuple(jnp.concatenate(parts) for parts in zip(*enc))
+  else:
+    params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True)
+    vae_apply = jax.jit(lambda x: vae.apply({"params": params}, x, method=vae.encode))
+    text = text_lib.load_text_encoder(cfg)
   null_emb, null_mask = text([""])
   os.makedirs(root, exist_ok=True)
   null_path = os.path.join(root, NULL_TEXT)

@@ -10,6 +10,10 @@ default) of a workdir and turns a task into pixels:
 Latents are normalised with the per-channel statistics measured by `--mode=encode`.
 Each sample's noise comes from its own seed (sample.seed + index), so a sample does not
 depend on which batch it was drawn in.
+
+With `config.weights` (open weights, e.g. Wan 2.1) the DiT, VAE, text encoder and latent
+statistics come from that folder (`sora_jax.models.weights`) instead of the workdir; with
+`train.lora_rank > 0` the workdir's newest LoRA adapters are merged into the loaded DiT.
 """
 import json
 import os
@@ -28,8 +32,9 @@ from sora_jax.diffusion import schedules, solvers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text_encoder as text_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import weights
 from sora_jax.sampling import tasks
-from sora_jax.training import checkpoint
+from sora_jax.training import checkpoint, lora
 from sora_jax.training.train import load_latent_stats
 
 
@@ -40,19 +45,41 @@ class VideoPipeline:
     self.cfg = cfg
     self.vae = vae_lib.vae_from_config(cfg)
     self.dit = dit_lib.dit_from_config(cfg)
-    if vae_params is None:
-      vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
-    if dit_params is None:
-      dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema)
+    if cfg.weights:
+      base, vae_w, self.text, (mu, sigma) = weights.load_open_weights(
+          cfg, weights.sampling_mesh(cfg))
+      vae_params = vae_w if vae_params is None else vae_params
+      if dit_params is None:
+        dit_params, self.step = base, 0
+        if cfg.train.lora_rank > 0:
+          dit_params, self.step = self._with_adapters(base, workdir, use_ema)
+    else:
+      if vae_params is None:
+        vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
+      if dit_params is None:
+        dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema)
+      mu, sigma = load_latent_stats(workdir)
+      self.text = text_lib.load_text_encoder(cfg)
     self.vae_params, self.dit_params = vae_params, dit_params
-    mu, sigma = load_latent_stats(workdir)
     self.mu, self.sigma = jnp.asarray(mu), jnp.asarray(sigma)
-    self.text = text_lib.load_text_encoder(cfg)
     self.null_emb, self.null_mask = self.text([""])
     self.temporal = self.vae.temporal_factor
     self._encode = jax.jit(self._encode_impl)
     self._decode = jax.jit(self._decode_impl)
     self._denoise = jax.jit(self._denoise_impl, static_argnames=("solver",))
+
+  def _with_adapters(self, base, workdir: str, use_ema: bool):
+    """(base + the workdir's newest LoRA adapters merged, their step)."""
+    where = paths.dit_checkpoints(workdir)
+    try:
+      adapters, step = checkpoint.load_params(where, use_ema)
+    except FileNotFoundError as e:
+      raise ConfigError(f"train.lora_rank={self.cfg.train.lora_rank} but {where} has no LoRA "
+                        "checkpoint; fine-tune first (--mode=train) or set train.lora_rank=0 to "
+                        "sample the base weights") from e
+    lora.check_adapters(adapters, dit_lib.param_shapes(self.cfg), self.cfg.train,
+                        f"LoRA checkpoint in {where}")
+    return jax.jit(lambda b, a: lora.merge(b, a, self.cfg.train))(base, adapters), step
 
   # ------------------------------------------------------------------ latent <-> pixels
   def _encode_impl(self, vae_params, x_uint8):
@@ -76,7 +103,9 @@ class VideoPipeline:
   def _denoise_impl(self, dit_params, noise, cond_latents, cond_mask, sigmas, emb, mask,
                     cfg_scale, solver):
     def model_fn(x, t, c):
-      return self.dit.apply({"params": dit_params}, x, t, c[0], c[1])
+      # dit.text_mask=False: attend to padded (zero) text slots too, as Wan was trained.
+      mask = c[1] if self.cfg.dit.text_mask else None
+      return self.dit.apply({"params": dit_params}, x, t, c[0], mask)
     b = noise.shape[0]
     uncond = (jnp.broadcast_to(self.null_emb, (b, *self.null_emb.shape[1:])),
               jnp.broadcast_to(self.null_mask, (b, *self.null_mask.shape[1:])))

@@ -8,6 +8,11 @@ mask (conditioned latent frames stay clean, t = 0), and minimise the velocity MS
 
 The step is `jax.jit` with explicit in/out shardings from the config's logical rules and
 a donated state; parameters are born sharded.
+
+Fine-tuning open weights (`config.weights`, e.g. Wan 2.1): the DiT starts from the loaded
+parameters (each host reads its own shards), and with `train.lora_rank > 0` only LoRA
+adapters train (`sora_jax.training.lora`): the state and its checkpoints hold adapters,
+the frozen base is passed to every step.
 """
 import contextlib
 import json
@@ -20,13 +25,14 @@ import numpy as np
 import optax
 
 from sora_jax import paths
-from sora_jax.config_check import COND_MASKS, parse_weights
+from sora_jax.config_check import COND_MASKS, ConfigError, parse_weights
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
 from sora_jax.diffusion import schedules
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import weights
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import loop, optim
+from sora_jax.training import lora, loop, optim
 
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
 
@@ -57,21 +63,33 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
 
   sample_shape: (B, t, h, w, C) latent shape used only to initialise parameters.
   null_text: (emb_LD, mask_L) of the empty prompt, used for caption dropout.
+  `base` (both functions): loaded DiT params or None. init_state(base) starts full
+  training from them; with train.lora_rank > 0 the state's 'params'/'ema' are LoRA
+  adapters and train_step(state, batch, base) trains them on the frozen base.
   """
   mu, sigma = (jnp.asarray(a) for a in latent_stats)
   probs = parse_weights(cfg.diffusion.cond_masks, COND_MASKS)
   null_emb, null_mask = (jnp.asarray(a) for a in null_text)
+  use_lora = cfg.train.lora_rank > 0
+  shapes = dit_lib.param_shapes(cfg)  # Boxed: logical names for adapters / loaded params.
 
-  def init_state():
+  def init_state(base=None):
     rng = jax.random.PRNGKey(cfg.seed)
     rng, k = jax.random.split(rng)
     b = sample_shape[0]
-    params = dit.init(k, jnp.zeros(sample_shape), jnp.zeros(sample_shape[:2]),
-                      jnp.zeros((b, text_len, cfg.text.dim)), jnp.ones((b, text_len), bool))["params"]
+    if use_lora:
+      params = lora.init_adapters(k, shapes, cfg.train)
+    elif base is not None:  # Boxed with the logical names, so the state shards like init's.
+      params = jax.tree.map(lambda box, x: box.replace_boxed(x), shapes, base,
+                            is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    else:
+      params = dit.init(k, jnp.zeros(sample_shape), jnp.zeros(sample_shape[:2]),
+                        jnp.zeros((b, text_len, cfg.text.dim)),
+                        jnp.ones((b, text_len), bool))["params"]
     return {"params": params, "opt": tx.init(params), "ema": params,
             "step": jnp.zeros((), jnp.int32), "rng": rng}
 
-  def train_step(state, batch):
+  def train_step(state, batch, base=None):
     rng, k_lat, k_txt, k_drop, k_t, k_mask, k_eps = jax.random.split(state["rng"], 7)
     mean, std = batch["latent_mean"], batch["latent_std"]
     z = mean + std * jax.random.normal(k_lat, mean.shape)
@@ -81,12 +99,17 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     keep_B = jax.random.uniform(k_drop, (b,)) >= cfg.diffusion.caption_dropout
     emb = jnp.where(keep_B[:, None, None], emb, null_emb[None])
     mask = jnp.where(keep_B[:, None], mask, null_mask[None])
+    if not cfg.dit.text_mask:  # Attend to every text slot, padding (zeros) too, as Wan does.
+      mask = jnp.ones_like(mask)
     tokens = schedules.num_tokens(x0.shape[1:4], cfg.dit.patch_size)
     t_B = schedules.sample_timesteps(k_t, b, tokens, cfg.diffusion)
     cond_BT = masks_lib.sample_cond_mask(k_mask, b, t, probs)
     eps = jax.random.normal(k_eps, x0.shape)
 
     def loss_fn(params):
+      if use_lora:
+        params = lora.merge(base, params, cfg.train)
+
       def model_fn(x_t, t_BT, c):
         return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
       loss, _ = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
@@ -105,9 +128,16 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
 
 
 class Trainer:
-  """Builds the mesh, sharded state and jitted step for a config (shared with benchmark/tests)."""
+  """Builds the mesh, sharded state and jitted step for a config (shared with benchmark/tests).
 
-  def __init__(self, cfg, latent_stats, null_text, sample_shape, text_len, mesh=None):
+  With `config.weights` (or `base_params`, already sharded as this mesh's rules say) the DiT
+  is fine-tuned from those parameters: fully, or through LoRA adapters when
+  train.lora_rank > 0. The base is loaded on first use, so a resumed full fine-tune never
+  reads it.
+  """
+
+  def __init__(self, cfg, latent_stats, null_text, sample_shape, text_len, mesh=None,
+               base_params=None):
     self.cfg = cfg
     self.mesh = mesh or mesh_lib.make_mesh(cfg.mesh)
     self.rules = mesh_lib.rules(cfg)
@@ -121,15 +151,29 @@ class Trainer:
         cfg.train.weight_decay, cfg.train.b1, cfg.train.b2, cfg.train.grad_clip)
     init_state, step = make_fns(cfg, self.dit, self.tx, latent_stats, null_text, sample_shape,
                                 text_len)
+    self.lora = cfg.train.lora_rank > 0
+    self.from_base = bool(cfg.weights) or base_params is not None
+    if self.lora and not self.from_base:
+      raise ConfigError("train.lora_rank > 0 adapts a loaded model: set --config.weights=FOLDER "
+                        "(docs/open_weights.md), or train.lora_rank=0 to train from scratch")
+    self._base = base_params
+    abstract_base = nn.unbox(dit_lib.param_shapes(cfg)) if self.from_base else None
     with self.context():
-      boxed = jax.eval_shape(init_state)
+      boxed = jax.eval_shape(init_state, abstract_base)
       self.state_sharding = nn.unbox(mesh_lib.logical_sharding(boxed, self.mesh, self.rules))
     self.abstract_state = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
         nn.unbox(boxed), self.state_sharding)
     rep = mesh_lib.replicated(self.mesh)
-    self._init = jax.jit(lambda: nn.unbox(init_state()), out_shardings=self.state_sharding)
+    self._init = jax.jit(lambda base: nn.unbox(init_state(base)),
+                         out_shardings=self.state_sharding)
     self._step = jax.jit(step, donate_argnums=0, out_shardings=(self.state_sharding, rep))
+
+  def base_params(self):
+    """The loaded DiT (config.weights), sharded by this mesh's rules; None without one."""
+    if self._base is None and self.from_base:
+      self._base = weights.load_dit(self.cfg, self.mesh, self.rules)
+    return self._base
 
   def context(self):
     stack = contextlib.ExitStack()
@@ -138,12 +182,17 @@ class Trainer:
     return stack
 
   def init_state(self):
+    base = self.base_params()
     with self.context():
-      return self._init()
+      state = self._init(base)
+    if not self.lora:
+      self._base = None  # A full fine-tune owns its copy in the state.
+    return state
 
   def step(self, state, batch):
+    base = self.base_params() if self.lora else None
     with self.context():
-      return self._step(state, batch)
+      return self._step(state, batch, base)
 
   def to_device(self, batch_np: dict) -> dict:
     keys = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb", "prompt_mask")
@@ -161,7 +210,7 @@ def run(cfg, workdir: str) -> None:
   info = encode.read_info(cfg, workdir)
   data_iter = encoded_iterator(cfg, workdir, "train")
   b = cfg.data.batch_size
-  trainer = Trainer(cfg, load_latent_stats(workdir), encode.null_text(cfg, workdir),
+  trainer = Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
                     (b, *info["latent_shapes"][0], info["z_dim"]), info["text_len"])
   loop.train_loop(workdir=workdir, ckpt_dir=paths.dit_checkpoints(workdir), train_cfg=cfg.train,
                   init_state=trainer.init_state, abstract_state=trainer.abstract_state,
