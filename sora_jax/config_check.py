@@ -123,6 +123,8 @@ def check(cfg, mode: str) -> None:
     raise ConfigError(
         f"vae.temporal_downsample has {len(cfg.vae.temporal_downsample)} entries; it needs one "
         f"per downsampling (len(vae.dim_mult) - 1 = {len(cfg.vae.dim_mult) - 1})")
+  if cfg.vae_train.max_frames:
+    check_frames("vae_train.max_frames", cfg.vae_train.max_frames)
   _one_of("text.encoder", cfg.text.encoder, ("minilm", "umt5", "t5"))
   if cfg.dit.dim % cfg.dit.num_heads:
     raise ConfigError(f"dit.dim={cfg.dit.dim} is not divisible by dit.num_heads={cfg.dit.num_heads}")

@@ -64,7 +64,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.vae_train.disc_start = -1  # Step the 3D patch discriminator starts (-1: never).
   cfg.vae_train.disc_weight = 0.1
   cfg.vae_train.ema_decay = 0.999
-  cfg.vae_train.image_fraction = 0.25  # Share of each batch drawn from T=1 buckets when present.
+  cfg.vae_train.max_frames = 9  # Train on random windows of this many frames (1+4k; 0 = whole clips).
 
   # ---------------------------------------------------------------- text encoder
   cfg.text = C()
