@@ -41,9 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- video VAE
   cfg.vae = C()
-  cfg.vae.base_dim = 32  # Channels of the first stage (Wan 2.1: 96).
+  cfg.vae.base_dim = 16  # Channels of the first stage (Wan 2.1: 96).
   cfg.vae.z_dim = 8  # Latent channels (Wan 2.1: 16).
-  cfg.vae.dim_mult = (1, 2, 2)  # Channel multiplier per stage; len-1 downsamplings.
+  cfg.vae.dim_mult = (1, 2, 4)  # Channel multiplier per stage; len-1 downsamplings.
   cfg.vae.num_res_blocks = 1  # Residual blocks per stage (Wan 2.1: 2).
   cfg.vae.attn_scales = ()  # Scales with spatial attention (Wan 2.1: none).
   cfg.vae.temporal_downsample = (True, True)  # Which downsamplings also halve time.
