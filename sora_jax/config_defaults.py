@@ -32,7 +32,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.data.video_dir = ""  # video_folder: folder of videos + captions.
   cfg.data.val_fraction = 0.05  # video_folder: share of videos (at least one) held out for validation.
   cfg.data.clips_per_video = 0  # video_folder: most clips cut from one video (0: all that fit).
-  cfg.data.caption_field = "caption"  # Which text conditions training: 'caption' or 'prompt' or 'both'.
+  cfg.data.caption_field = "both"  # Text that conditions training: "caption", "prompt", or "both" (per sample, 50:50).
   cfg.data.batch_size = 16  # Global batch size (all processes together).
   cfg.data.shuffle_seed = 0  # Seed of the epoch shuffles.
   cfg.data.worker_count = 0  # Grain worker processes (0: in the main process).
@@ -103,7 +103,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.diffusion.t_mean = 0.0  # Logit-normal timestep distribution.
   cfg.diffusion.t_std = 1.0
   cfg.diffusion.shift = 1.0  # Base timestep shift; scaled by sqrt(tokens / shift_base_tokens).
-  cfg.diffusion.shift_base_tokens = 256
+  cfg.diffusion.shift_base_tokens = 80  # Token count at which the shift is diffusion.shift (17x32x32 demo clips).
   cfg.diffusion.shift_resolution_dependent = True
   cfg.diffusion.caption_dropout = 0.1  # Probability a caption is dropped (CFG).
   # Conditioning-mask mix: name=probability (normalised). Conditioned latent frames are clean (t=0).
