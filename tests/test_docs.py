@@ -1,0 +1,79 @@
+"""The docs cannot drift from the code: the configuration reference is regenerated and
+compared, and every config key, mode, task and repository path the docs name exists."""
+import glob
+import importlib.util
+import os
+import re
+
+import nbformat
+import pytest
+
+from sora_jax import config_check
+from sora_jax.config_defaults import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The pages this suite owns (docs/scaling.md and docs/open_weights.md have their own owners).
+PAGES = ["quickstart.md", "architecture.md", "configuration.md", "data.md",
+         "reproducibility.md", "sampling.md", "README_sections.md"]
+PLACEHOLDERS = {"a.b", "section.field"}  # `--config.a.b=value` in prose
+
+
+def _config_doc():
+  spec = importlib.util.spec_from_file_location(
+      "config_doc", os.path.join(ROOT, "scripts", "config_doc.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _texts() -> dict[str, str]:
+  out = {}
+  for page in PAGES:
+    with open(os.path.join(ROOT, "docs", page), encoding="utf-8") as f:
+      out[f"docs/{page}"] = f.read()
+  nb = nbformat.read(os.path.join(ROOT, "notebooks", "colab_demo.ipynb"), as_version=4)
+  out["notebooks/colab_demo.ipynb"] = "\n".join(c.source for c in nb.cells)
+  return out
+
+
+def _leaf_keys(cfg, prefix=""):
+  keys = set()
+  for k, v in cfg.items():
+    keys |= _leaf_keys(v, f"{prefix}{k}.") if hasattr(v, "items") else {prefix + k}
+  return keys
+
+
+def test_configuration_reference_is_regenerated_from_the_code():
+  with open(os.path.join(ROOT, "docs", "configuration.md"), encoding="utf-8") as f:
+    committed = f.read()
+  assert committed == _config_doc().render(), (
+      "docs/configuration.md is stale: run `.venv/bin/python scripts/config_doc.py`")
+
+
+def test_reference_lists_every_field_with_its_default():
+  with open(os.path.join(ROOT, "docs", "configuration.md"), encoding="utf-8") as f:
+    text = f.read()
+  for key in _leaf_keys(base_config()):
+    assert f"| `{key}` |" in text, key
+
+
+@pytest.mark.parametrize("name, text", sorted(_texts().items()))
+def test_documented_flags_exist(name, text):
+  keys = _leaf_keys(base_config())
+  for key in set(re.findall(r"--config\.([a-z_][\w.]*)=", text)) - PLACEHOLDERS:
+    assert key in keys, f"{name} names --config.{key}, which config_defaults.py lacks"
+  for mode in re.findall(r"--mode=([a-z_]+)", text):
+    assert mode in config_check.MODES, f"{name}: --mode={mode}"
+  for task in re.findall(r"sample\.task=([a-z0-9_]+)", text):
+    assert task in config_check.TASKS, f"{name}: sample.task={task}"
+  for path in re.findall(r"--config=(configs/[\w./]+\.py)", text):
+    assert os.path.isfile(os.path.join(ROOT, path)), f"{name}: --config={path}"
+
+
+@pytest.mark.parametrize("name, text", sorted(_texts().items()))
+def test_documented_repository_paths_exist(name, text):
+  for path in set(re.findall(r"\b((?:sora_jax|scripts|configs|tests|notebooks|docs)/[\w./*-]+)",
+                             text)):
+    path = path.rstrip(".").split("::")[0]
+    if os.path.splitext(path)[1] or "*" in path:
+      assert glob.glob(os.path.join(ROOT, path)), f"{name} names {path}, which does not exist"
