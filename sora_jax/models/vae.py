@@ -101,11 +101,19 @@ class CausalConv3d(nn.Module):
         past_BPHWC = jnp.zeros((x_BTHWC.shape[0], n_past) + x_BTHWC.shape[2:], x_BTHWC.dtype)
       x_BTHWC = jnp.concatenate([past_BPHWC, x_BTHWC], axis=1)
       new_past = x_BTHWC[:, x_BTHWC.shape[1] - n_past:]
-    y = jax.lax.conv_general_dilated(
-        x_BTHWC, kernel, window_strides=(self.stride_t, 1, 1),
-        padding=((0, 0), (kh // 2, kh // 2), (kw // 2, kw // 2)),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
-    return y + bias, new_past
+    # A sum of kt 2D convs over time-shifted frames rather than one 3D conv: the same
+    # conv, but XLA:CPU runs it ~4x faster forward and ~2x forward+backward (measured on
+    # a 32-channel 3x3x3 layer at 8x17x32x32).
+    b, t, h, w, c = x_BTHWC.shape
+    t_out = (t - kt) // self.stride_t + 1
+    y = 0.0
+    for dt in range(kt):
+      frames = x_BTHWC[:, dt:dt + self.stride_t * (t_out - 1) + 1:self.stride_t]
+      y = y + jax.lax.conv_general_dilated(
+          frames.reshape(b * t_out, h, w, c), kernel[dt], window_strides=(1, 1),
+          padding=((kh // 2, kh // 2), (kw // 2, kw // 2)),
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y.reshape(b, t_out, h, w, self.features) + bias, new_past
 
 
 class ResidualBlock(nn.Module):
@@ -324,6 +332,13 @@ class WanVAE(nn.Module):
   in_channels: int = 3
   out_channels: int = 3
   chunk_frames: int = 4  # Latent frames per chunk in encode_chunked / decode_chunked.
+
+  def __post_init__(self):
+    # Tuples, so a module built from lists (JSON, configs) is hashable: the chunked
+    # functions pass it to jit as a static argument.
+    for name in ("dim_mult", "attn_scales", "temporal_downsample"):
+      object.__setattr__(self, name, tuple(getattr(self, name)))
+    super().__post_init__()
 
   def setup(self):
     if len(self.temporal_downsample) != len(self.dim_mult) - 1:
