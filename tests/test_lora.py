@@ -1,10 +1,8 @@
 """LoRA fine-tuning of open weights: a no-op at init, trains only adapters, checkpoints only
-adapters, samples base + adapters, and exports merged weights diffusers can load.
+adapters, clear errors (sampling and export with adapters: tests/test_lora_export.py).
 
 Base model: the tiny random Wan 2.1 folder of tests/wan_tiny.py.
 """
-import os
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,13 +10,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-torch = pytest.importorskip("torch")
-diffusers = pytest.importorskip("diffusers")
+pytest.importorskip("torch")
+pytest.importorskip("diffusers")
 
 import wan_tiny  # noqa: E402  (tests/ is on sys.path)
 from sora_jax import config_check, paths  # noqa: E402
 from sora_jax.config_check import ConfigError  # noqa: E402
-from sora_jax.convert import safetensors_io, wan_dit  # noqa: E402
 from sora_jax.models import dit as dit_lib  # noqa: E402
 from sora_jax.models import weights  # noqa: E402
 from sora_jax.parallel import mesh as mesh_lib  # noqa: E402
@@ -118,8 +115,7 @@ def _paths(tree):
           for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
 
 
-@pytest.mark.parity
-def test_lora_trains_checkpoints_samples_and_exports_only_adapters(root, tmp_path):
+def test_lora_trains_and_checkpoints_only_adapters(root, tmp_path):
   cfg = lora_config(root)
   wd = str(tmp_path / "run")
   trainer, state = _train(cfg, wd, 2)
@@ -147,37 +143,6 @@ def test_lora_trains_checkpoints_samples_and_exports_only_adapters(root, tmp_pat
       trainer.abstract_state)
   assert step == 2
   jax.tree.map(np.testing.assert_array_equal, restored, state)
-
-  # Sampling loads base + the workdir's EMA adapters.
-  from sora_jax.sampling.sample import VideoPipeline  # pylint: disable=g-import-not-at-top
-  pipe = VideoPipeline(cfg, wd)
-  want = lora.merge(base, state["ema"], cfg.train)
-  assert pipe.step == 2
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-               pipe.dit_params, want)
-
-  # Export: merged safetensors in diffusers layout; our loader and diffusers read it back.
-  out = lora.export_merged(cfg, wd, str(tmp_path / "merged"))
-  assert sorted(os.listdir(out)) == sorted(os.listdir(root))
-  exported = wan_dit.load_wan_dit(os.path.join(out, "transformer"), cfg)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               exported, want)
-  ref = diffusers.WanTransformer3DModel.from_config(
-      diffusers.WanTransformer3DModel.load_config(os.path.join(out, "transformer"))).eval()
-  sd = safetensors_io.read_tensors(os.path.join(out, "transformer"))
-  ref.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, strict=True)
-  x, t, text = inputs(1)
-  with torch.no_grad():
-    ref_out = ref(torch.from_numpy(x.transpose(0, 4, 1, 2, 3)), torch.from_numpy(t[:, 0] * 1000),
-                  torch.from_numpy(text)).sample.numpy().transpose(0, 2, 3, 4, 1)
-  ours = dit_lib.dit_from_config(cfg).apply({"params": want}, x, t[:, 0], text)
-  err = np.abs(np.asarray(ours) - ref_out).max()
-  print(f"merged export: diffusers vs our merged DiT max abs err {err:.2e}")
-  assert err <= 1e-4, err
-  merged_cfg = lora_config(out)
-  merged_cfg.train.lora_rank = 0
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6),
-               weights.load_dit(merged_cfg), want)
 
 
 def test_full_fine_tune_starts_from_the_open_weights(root):
