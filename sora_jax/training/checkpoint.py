@@ -79,7 +79,8 @@ def load_params(directory: str, use_ema: bool = True):
 
   Works for full training checkpoints and for exported ones holding only {'ema'}.
   """
-  mngr = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
+  mngr = ocp.CheckpointManager(os.path.abspath(directory),
+                              options=ocp.CheckpointManagerOptions(read_only=True))
   step = mngr.latest_step()
   if step is None:
     mngr.close()
