@@ -1,0 +1,278 @@
+"""`--mode=benchmark`: how fast the DiT trains and samples on this hardware and mesh.
+
+Synthetic data at `config.benchmark` sizes (batch, frames, height, width in pixels; the
+latent grid follows the config's VAE), the real train step of `training/train.py` (loss,
+AdamW, EMA; sharded by the config's mesh and rules) and one solver step of sampling (the
+configured solver with classifier-free guidance, `diffusion/solvers.py`). For each:
+
+  compile time and XLA's compiled memory (`lower().compile().memory_analysis()`),
+  median wall time over `benchmark.steps` steps after `benchmark.warmup`, tokens/s,
+  model FLOPs (analytic `models.dit.count_flops`; a train step is 3 x forward, the
+  remat recompute not counted; a CFG sampling step is 2 x forward), achieved TFLOP/s per
+  device and MFU = achieved / peak, where the peak is measured in the same run: square
+  matmuls worth `benchmark.matmul_size`^3 in the compute dtype (`dit.dtype`) on one
+  device (`make_peak_probe`), timed just before every timed step, MFU being the median of
+  the per-step ratios (honest on any machine, a shared CPU included, where load shifts
+  both alike).
+
+Writes WORKDIR/benchmark.json and prints a table. The `data` section of the config is
+not used (no data set is needed); `data.batch_size` is replaced by `benchmark.batch_size`.
+"""
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sora_jax import config_check
+from sora_jax.diffusion import schedules, solvers
+from sora_jax.models import dit as dit_lib
+from sora_jax.parallel import mesh as mesh_lib
+from sora_jax.training import train as train_lib
+
+
+# ------------------------------------------------------------------ sizes
+def latent_grid(cfg, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+  """Pixel clip size -> latent (T, H, W, C) under cfg's VAE; clear error if it cannot be."""
+  err = config_check.latent_grid_error(cfg, frames, height, width)
+  if err:
+    raise config_check.ConfigError(f"benchmark: {err}")
+  spatial = 2 ** (len(cfg.vae.dim_mult) - 1)
+  temporal = 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
+  return 1 + (frames - 1) // temporal, height // spatial, width // spatial, cfg.vae.z_dim
+
+
+def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) -> dict:
+  """A host batch shaped like --mode=encode's records (random latents, random text)."""
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((batch, text_len), bool)
+  mask[:, :max(1, text_len // 2)] = True
+  emb = rng.standard_normal((batch, text_len, cfg.text.dim), np.float32)
+  return {"latent_mean": rng.standard_normal((batch, *latent_thwc), np.float32),
+          "latent_std": np.full((batch, *latent_thwc), 0.1, np.float32),
+          "caption_emb": emb, "caption_mask": mask, "prompt_emb": emb, "prompt_mask": mask}
+
+
+# ------------------------------------------------------------------ timing
+def _seconds(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
+def _matmul_chain(n: int, reps: int, dtype, device):
+  """A jitted chain x <- x @ Q (Q orthogonal, so values stay bounded) of `reps` n^3 matmuls."""
+  k1, k2 = jax.random.split(jax.random.key(0))
+  q, _ = jnp.linalg.qr(jax.random.normal(k2, (n, n), jnp.float32))
+  x = jax.device_put(jax.random.normal(k1, (n, n), dtype), device)
+  q = jax.device_put(q.astype(dtype), device)
+  chain = jax.jit(lambda x, q: jax.lax.fori_loop(0, reps, lambda _, x: x @ q, x))
+  chain(x, q).block_until_ready()
+  return lambda: chain(x, q).block_until_ready()
+
+
+def make_peak_probe(size: int, dtype, device=None, trials: int = 3):
+  """(probe, flops): `probe()` runs `flops` of square matmuls on one device and waits.
+
+  The matmul side is the fastest of size/4, size/2 and size (the same FLOPs each: 64, 8
+  or 1 chained matmuls): on CPUs a cache-sized matmul runs faster than a large one, and
+  the peak is the best rate the device reaches, not the rate of one arbitrary shape.
+  """
+  device = device or jax.devices()[0]
+  best = None
+  for n in sorted({max(128, size // 4), max(128, size // 2), size}):
+    probe = _matmul_chain(n, max(1, round((size / n) ** 3)), dtype, device)
+    sec = statistics.median(_seconds(probe) for _ in range(trials))
+    flops = 2 * n ** 3 * max(1, round((size / n) ** 3))
+    if best is None or flops / sec > best[1] / best[2]:
+      best = (probe, flops, sec)
+  return best[0], best[1]
+
+
+def peak_flops(size: int, dtype, steps: int = 5) -> float:
+  """Measured peak FLOP/s per device in `dtype` (see `make_peak_probe`)."""
+  probe, flops = make_peak_probe(size, dtype)
+  return flops / statistics.median(_seconds(probe) for _ in range(steps))
+
+
+def memory_stats(compiled) -> dict:
+  """XLA's compiled memory of one program, bytes per device."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return {}
+  out = {k: int(getattr(m, f"{k}_size_in_bytes")) for k in
+         ("argument", "output", "temp", "alias", "generated_code")}
+  out["peak_estimate"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+  return out
+
+
+# ------------------------------------------------------------------ programs
+def _train_step_extra_args(trainer) -> tuple:
+  """What `Trainer.step` passes to its jitted step after (state, batch): the frozen base."""
+  return (trainer.base_params() if trainer.lora else None,)
+
+
+def compile_train_step(trainer, batch):
+  """The trainer's jitted train step, lowered for its abstract state and compiled.
+
+  Call it as `compiled(state, batch, *_train_step_extra_args(trainer))`.
+  """
+  with trainer.context():
+    return trainer._step.lower(trainer.abstract_state, batch,  # pylint: disable=protected-access
+                               *_train_step_extra_args(trainer)).compile()
+
+
+def make_sample_step(cfg, trainer, tokens: int):
+  """Jitted one-step sampler over the trainer's mesh: (params, noise, emb, mask) -> x.
+
+  One step of `config.sample.solver` from sigma 1 with classifier-free guidance at
+  `config.sample.cfg_scale` (conditional and unconditional branches batched), the null
+  text being zeros with one visible token, the schedule shifted for `tokens` per sample as
+  `--mode=sample` does. Parameters keep the training sharding; the batch is split over
+  (data, fsdp).
+  """
+  dit = trainer.dit
+  shift = schedules.sample_shift(cfg, tokens)
+  sig = jnp.asarray(schedules.sigmas(cfg.sample.steps, shift)[:2], jnp.float32)
+
+  def step(params, noise, emb, mask):
+    b = noise.shape[0]
+    uncond = (jnp.zeros_like(emb), jnp.zeros_like(mask).at[:, 0].set(True))
+    model_fn = lambda x, t, c: dit.apply({"params": params}, x, t, c[0], c[1])
+    return solvers.sample(model_fn, noise, jnp.zeros_like(noise), jnp.zeros((b, noise.shape[1]),
+                                                                             bool),
+                          sig, solver=cfg.sample.solver, cfg_scale=cfg.sample.cfg_scale,
+                          cond=(emb, mask), uncond=uncond, prediction=cfg.diffusion.prediction)
+
+  batched = lambda nd: mesh_lib.batch_sharding(trainer.mesh, nd)
+  return jax.jit(step, in_shardings=(trainer.state_sharding["params"], batched(5), batched(3),
+                                     batched(2)),
+                 out_shardings=batched(5))
+
+
+def _time_program(name, compile_fn, args, steps, warmup, probe, donate_state=False):
+  """Compiles (timed) and measures memory; then `warmup` + `steps` runs, each timed step
+  preceded by a timed peak probe so MFU can be taken pair by pair (see `_figures`)."""
+  t0 = time.perf_counter()
+  compiled = compile_fn()
+  compile_s = time.perf_counter() - t0
+  holder = {"args": args}
+
+  def once():
+    out = compiled(*holder["args"])
+    if donate_state:  # The train step donates its state: feed the new one back.
+      holder["args"] = (out[0],) + holder["args"][1:]
+    jax.block_until_ready(out)
+
+  for _ in range(warmup):
+    once()
+  probe_s, step_s = [], []
+  for _ in range(steps):
+    probe_s.append(_seconds(probe))
+    step_s.append(_seconds(once))
+  median = statistics.median(step_s)
+  print(f"[benchmark] {name}: compiled in {compile_s:.1f}s, median {median * 1e3:.1f} ms",
+        flush=True)
+  return {"compile_s": compile_s, "median_s": median, "times_s": step_s,
+          "probe_times_s": probe_s, "memory": memory_stats(compiled)}
+
+
+def _figures(result: dict, flops: float, tokens: int, probe_flops: float, devices: int) -> dict:
+  """Throughput and MFU. MFU is the median over steps of (this step's rate / the rate of
+  the matmul probe timed just before it): on a shared or throttling machine both slow
+  down together, so the ratio is far steadier than either median alone."""
+  sec = result["median_s"]
+  achieved = flops / sec / devices
+  ratios = [(flops / s / devices) / (probe_flops / p)
+            for s, p in zip(result["times_s"], result["probe_times_s"])]
+  peak = probe_flops / statistics.median(result["probe_times_s"])
+  return dict(result, model_flops=flops, tokens_per_s=tokens / sec,
+              tflops_per_s_per_device=achieved / 1e12, peak_tflops_per_s=peak / 1e12,
+              mfu=statistics.median(ratios))
+
+
+def _table(report: dict) -> str:
+  rows = [("", "train step", "sample step")]
+  tr, sa = report["train"], report["sample"]
+  gb = lambda r: f"{r['memory'].get('peak_estimate', 0) / 1e9:.2f}"
+  for label, fmt in (("median step (ms)", lambda r: f"{r['median_s'] * 1e3:.1f}"),
+                     ("tokens/s", lambda r: f"{r['tokens_per_s']:,.0f}"),
+                     ("model GFLOP/step", lambda r: f"{r['model_flops'] / 1e9:,.1f}"),
+                     ("TFLOP/s per device", lambda r: f"{r['tflops_per_s_per_device']:.3f}"),
+                     ("matmul peak TFLOP/s (probe)", lambda r: f"{r['peak_tflops_per_s']:.3f}"),
+                     ("MFU (paired with probe)", lambda r: f"{100 * r['mfu']:.1f}%"),
+                     ("compile (s)", lambda r: f"{r['compile_s']:.1f}"),
+                     ("compiled memory (GB/device)", gb)):
+    rows.append((label, fmt(tr), fmt(sa)))
+  width = [max(len(r[i]) for r in rows) for i in range(3)]
+  return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w)
+                             for i, (c, w) in enumerate(zip(r, width))) for r in rows)
+
+
+def run(cfg, workdir: str) -> None:
+  b = cfg.benchmark
+  with cfg.unlocked():
+    cfg.data.batch_size = b.batch_size
+  latent = latent_grid(cfg, b.num_frames, b.height, b.width)
+  text_len = cfg.text.max_length
+  tokens = schedules.num_tokens(latent[:3], cfg.dit.patch_size)
+  null_text = (np.zeros((text_len, cfg.text.dim), np.float32),
+               np.arange(text_len) == 0)
+  stats = (np.zeros(latent[-1], np.float32), np.ones(latent[-1], np.float32))
+  trainer = train_lib.Trainer(cfg, stats, null_text, (b.batch_size, *latent), text_len)
+  mesh = trainer.mesh
+  devices = mesh.devices.size
+  dtype = jnp.dtype(cfg.dit.dtype)
+  print(f"[benchmark] {devices} x {jax.devices()[0].device_kind}, mesh "
+        f"{dict(mesh.shape)}, batch {b.batch_size} x {tokens} tokens "
+        f"(latent {latent}), {dit_lib.count_params(cfg) / 1e6:.1f}M parameters", flush=True)
+
+  peaks = {str(jnp.dtype(d)): peak_flops(b.matmul_size, d) for d in (jnp.float32, jnp.bfloat16)}
+  print("[benchmark] measured matmul peak per device: " +
+        ", ".join(f"{k} {v / 1e12:.3f} TFLOP/s" for k, v in peaks.items()), flush=True)
+  probe, probe_flops = make_peak_probe(b.matmul_size, dtype)
+
+  host = synthetic_batch(cfg, b.batch_size, latent, text_len, seed=cfg.seed)
+  batch = trainer.to_device(host)
+  fwd = dit_lib.count_flops(cfg, *latent[:3], text_len)
+  # Programs are traced and compiled under the trainer's mesh and rules (compile_*); they
+  # run outside it, so the single-device peak probe can run between them.
+  state = trainer.init_state()
+  train = _time_program("train step", lambda: compile_train_step(trainer, batch),
+                        (state, batch, *_train_step_extra_args(trainer)), b.steps, b.warmup,
+                        probe, donate_state=True)
+  sample_step = make_sample_step(cfg, trainer, tokens)
+  noise = jax.device_put(np.random.default_rng(1).standard_normal(
+      (b.batch_size, *latent), np.float32), mesh_lib.batch_sharding(mesh, 5))
+  sample_args = (trainer.init_state()["params"], noise, batch["caption_emb"],
+                 batch["caption_mask"])
+
+  def compile_sample():
+    with trainer.context():
+      return sample_step.lower(*sample_args).compile()
+
+  sample = _time_program("sample step", compile_sample, sample_args, b.steps, b.warmup, probe)
+  guided = 1 if cfg.sample.cfg_scale == 1 else 2
+  calls = guided * (2 if cfg.sample.solver == "heun" else 1)
+  report = {
+      "device_kind": jax.devices()[0].device_kind, "platform": jax.default_backend(),
+      "host": platform.node(), "devices": devices, "processes": jax.process_count(),
+      "mesh": dict(mesh.shape), "dtype": str(dtype), "attention": cfg.dit.attention,
+      "remat_policy": cfg.dit.remat_policy, "params": dit_lib.count_params(cfg),
+      "batch_size": b.batch_size, "latent_thwc": list(latent), "tokens_per_sample": tokens,
+      "text_len": text_len, "forward_flops_per_sample": fwd,
+      "peak_flops_per_device": peaks, "matmul_size": b.matmul_size,
+      "train": _figures(train, 3 * fwd * b.batch_size, tokens * b.batch_size, probe_flops,
+                        devices),
+      "sample": _figures(sample, calls * fwd * b.batch_size, tokens * b.batch_size,
+                         probe_flops, devices),
+  }
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "benchmark.json"), "w") as f:
+      json.dump(report, f, indent=2)
+  print(_table(report), flush=True)
+  print(f"[benchmark] wrote {os.path.join(workdir, 'benchmark.json')}", flush=True)
