@@ -131,6 +131,8 @@ def check(cfg, mode: str) -> None:
   if (cfg.dit.dim // cfg.dit.num_heads) % 2:
     raise ConfigError("dit.dim / dit.num_heads must be even (3D RoPE rotates pairs)")
   _one_of("dit.attention", cfg.dit.attention, ATTENTION)
+  if cfg.dit.attention_block < 1:
+    raise ConfigError(f"dit.attention_block={cfg.dit.attention_block} must be >= 1 (tokens)")
   _one_of("dit.remat_policy", cfg.dit.remat_policy, REMAT)
   _one_of("dit.dtype", cfg.dit.dtype, DTYPES)
   _one_of("dit.param_dtype", cfg.dit.param_dtype, DTYPES)
@@ -165,6 +167,16 @@ def check(cfg, mode: str) -> None:
     if not cfg.weights and mode in ("train", "sample", "eval"):
       raise ConfigError("train.lora_rank > 0 adapts open weights: set --config.weights=FOLDER "
                         "(docs/open_weights.md), or train.lora_rank=0")
+  if mode == "benchmark":
+    b = cfg.benchmark
+    check_frames("benchmark.num_frames", b.num_frames)
+    err = latent_grid_error(cfg, b.num_frames, b.height, b.width)
+    if err:
+      raise ConfigError(f"benchmark: {err}")
+    if b.steps < 1 or b.warmup < 0 or b.batch_size < 1 or b.matmul_size < 128:
+      raise ConfigError(f"benchmark.steps={b.steps} (>= 1), .warmup={b.warmup} (>= 0), "
+                        f".batch_size={b.batch_size} (>= 1) and .matmul_size={b.matmul_size} "
+                        "(>= 128) are out of range")
   if mode in ("sample", "eval"):
     s = cfg.sample
     _one_of("sample.task", s.task, TASKS)
