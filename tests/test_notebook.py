@@ -55,6 +55,8 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
   workdir = tmp_path / "workdir"
   monkeypatch.setenv("SORA_NB_TINY", "1")
   monkeypatch.setenv("SORA_NB_WORKDIR", str(workdir))
+  # The shipped model is full size: sampling it would double the test's time.
+  monkeypatch.setenv("SORA_NB_PRETRAINED", "")
   nb = nbformat.read(NOTEBOOK, as_version=4)
   client = NotebookClient(nb, km=_kernel_manager(tmp_path), timeout=600,
                           resources={"metadata": {"path": os.path.dirname(NOTEBOOK)}})
