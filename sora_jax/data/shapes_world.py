@@ -1,4 +1,4 @@
-"""ShapesWorld v1: procedural captioned videos of flat shapes (`specs/shapes_world.md`).
+"""ShapesWorld v1: procedural captioned videos of flat shapes (`docs/specs/shapes_world.md`).
 
 Pure numpy, deterministic from a seed. `generate_clip` renders one clip with its short
 `prompt`, detailed `caption` and complete `spec`; `parse_prompt` turns any prompt into the

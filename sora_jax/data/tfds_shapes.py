@@ -138,7 +138,7 @@ def config_from_cfg(data_cfg) -> ShapesWorldConfig:
   return ShapesWorldConfig(name=name, buckets=buckets, num_train=int(data_cfg.num_train),
                            num_val=int(data_cfg.num_val), two_object_fraction=frac,
                            seed=int(data_cfg.seed),
-                           description="ShapesWorld v1 clips, see specs/shapes_world.md.")
+                           description="ShapesWorld v1 clips, see docs/specs/shapes_world.md.")
 
 
 def render_example(task: tuple[int, int, int, int, float]) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class ShapesWorld(ArrayRecordBuilder):
   """ShapesWorld v1 clips in (frames, height, width) buckets; train and validation splits."""
 
   VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "ShapesWorld v1 (specs/shapes_world.md)."}
+  RELEASE_NOTES = {"1.0.0": "ShapesWorld v1 (docs/specs/shapes_world.md)."}
   BUILDER_CONFIGS = []  # Configs are made per run from config.data (see config_from_cfg).
 
   def __init__(self, *, workers: int = 1, **kwargs):

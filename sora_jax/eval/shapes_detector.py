@@ -1,6 +1,6 @@
 """ShapesWorld yardstick: finds the objects of a video and scores it against its prompt.
 
-Implements the evaluator of `specs/shapes_world.md` in numpy (no scipy):
+Implements the evaluator of `docs/specs/shapes_world.md` in numpy (no scipy):
 1. background = black or gray, whichever is nearer the median border colour;
 2. each pixel takes the palette colour it is clearly nearer to than to the background,
    measured along the background-to-colour line so that blurred edges keep their colour
