@@ -153,7 +153,8 @@ def convert_state_dict(state_dict: dict, vae: WanVAE) -> dict:
     path = _flax_path(key)
     if path not in expected:
       raise ValueError(f"unexpected tensor {key!r} in the checkpoint (no parameter "
-                       f"{'/'.join(path)} in {vae}); does the model config match the checkpoint?")
+                       f"{'/'.join(path)} in {_describe(vae)}); does the model config match "
+                       f"the checkpoint?")
     given[path] = key
   missing = [p for p in expected if p not in given]
   if missing:
@@ -167,6 +168,12 @@ def convert_state_dict(state_dict: dict, vae: WanVAE) -> dict:
       node = node.setdefault(p, {})
     node[path[-1]] = _to_flax(key, state_dict[key], expected[path])
   return {"params": params}
+
+
+def _describe(vae: WanVAE) -> str:
+  return (f"WanVAE(base_dim={vae.base_dim}, z_dim={vae.z_dim}, dim_mult={vae.dim_mult}, "
+          f"num_res_blocks={vae.num_res_blocks}, attn_scales={vae.attn_scales}, "
+          f"temporal_downsample={vae.temporal_downsample})")
 
 
 def _flatten(tree, prefix=()):

@@ -1,7 +1,7 @@
 """ShapesWorld as a TFDS data set that needs no TensorFlow (array_record files).
 
 Every example is {video: uint8 (T, H, W, 3), prompt, caption, spec (JSON)}, see
-/work/shared/specs/shapes_world.md and `sora_jax.data.shapes_world.generate_clip`.
+docs/specs/shapes_world.md and `sora_jax.data.shapes_world.generate_clip`.
 
 Why `ShardBasedBuilder` rather than `GeneratorBasedBuilder`: the generator-based writer
 shuffles records through temporary files written with `tf.io.gfile` once a split passes
