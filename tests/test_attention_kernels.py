@@ -161,3 +161,20 @@ def test_models_attend_dispatches_every_impl(impl):
   with jax.set_mesh(_mesh(2, 1, 4, 1)):
     _assert_matches_xla(lambda q, k, v, m: attend(q, k, v, kv_mask_BS=m, impl=impl, block=8),
                         q, k, v, mask)
+
+
+def test_flash_kernel_on_sequence_mesh_runs_inside_ulysses(monkeypatch):
+  """cudnn/splash with tokens split over 'sequence': the kernel sees all tokens, H/n heads."""
+  seen = []
+
+  def fake_cudnn(q, k, v, mask):  # Stands in for cuDNN (absent on CPU); records its view.
+    seen.append(q.shape)
+    return attend(q, k, v, kv_mask_BS=mask, impl="xla")
+
+  monkeypatch.setattr(ak, "_cudnn_unsupported", lambda *a: None)
+  monkeypatch.setattr(ak, "_cudnn", fake_cudnn)
+  q, k, v, mask = _inputs(2, 32, 32, 8, 8)
+  with jax.set_mesh(_mesh(2, 1, 4, 1)):
+    _assert_matches_xla(lambda q, k, v, m: ak.attend(q, k, v, kv_mask_BS=m, impl="cudnn"),
+                        q, k, v, mask)
+  assert seen and all(s == (1, 32, 2, 8) for s in seen), seen  # Batch 2/2, heads 8/4.

@@ -8,6 +8,8 @@ the same numbers as 'xla' (tests/test_attention_kernels.py), including key masks
              VJP, so forward *and* backward memory is linear in tokens. Any platform.
   cudnn      `jax.nn.dot_product_attention(implementation='cudnn')`: GPU, bf16/f16 only.
   splash     TPU splash attention (Pallas), under `shard_map` over batch/heads.
+             On a mesh whose 'sequence' axis is > 1 both run per device inside Ulysses
+             (below), instead of gathering every token on every device.
   ulysses    sequence parallel: all-to-all from tokens-sharded to heads-sharded over mesh
              axis 'sequence', full attention on local heads, all-to-all back.
   ring       sequence parallel: each device keeps its query tokens; K/V blocks travel
@@ -21,8 +23,8 @@ ulysses/ring needs no sequence communication: queries stay token-sharded, the sh
 are replicated, so it runs as plain local attention.
 
 Mesh: ulysses, ring and splash need the device mesh. They take the mesh from context,
-`jax.sharding.get_abstract_mesh()` (set by `jax.set_mesh(mesh)`, what the trainer and
-sampler use), and otherwise from `set_mesh(mesh)` here, for callers that jit with
+`jax.sharding.get_abstract_mesh()` (set by `jax.set_mesh(mesh)`, which the trainer and
+the benchmark do), and otherwise from `set_mesh(mesh)` here, for callers that jit with
 explicit shardings only. Inside they run under `jax.shard_map` manual over every mesh
 axis: batch over ('data', 'fsdp'), tokens over 'sequence', heads over 'tensor', matching
 the default logical rules, so no resharding happens around the kernel.
@@ -73,6 +75,12 @@ def _warn_once(impl: str, fallback: str, why: str) -> None:
     _warned.add(key)
     logging.warning("attention impl %r cannot run here (%s); using %r instead.", impl, why,
                     fallback)
+
+
+def _info_once(impl: str, what: str) -> None:
+  if (impl, what) not in _warned:
+    _warned.add((impl, what))
+    logging.info("attention impl %r: %s.", impl, what)
 
 
 def _xla(q_BLHD, k_BSHD, v_BSHD, kv_mask_BS):
@@ -492,18 +500,22 @@ def attend(q_BLHD, k_BSHD, v_BSHD, *, kv_mask_BS=None, impl: str = "blockwise",
     return _xla(q, k, v, mask)
   if impl == "blockwise":
     return blockwise_attention(q, k, v, mask, block=block)
-  if impl == "cudnn":
-    why = _cudnn_unsupported(q, k, mask)
-    if why is None:
-      return _cudnn(q, k, v, mask)
-    _warn_once(impl, "xla", why)
-    return _xla(q, k, v, mask)
-  if impl == "splash":
-    why = _splash_unsupported(q, k, interpret=False)
-    if why is None:
-      return splash_attention(q, k, v, mask, mesh=mesh)
-    _warn_once(impl, "xla", why)
-    return _xla(q, k, v, mask)
+  if impl in ("cudnn", "splash"):
+    why = (_cudnn_unsupported(q, k, mask) if impl == "cudnn"
+           else _splash_unsupported(q, k, interpret=False))
+    if why is not None:
+      _warn_once(impl, "xla", why)
+      return _xla(q, k, v, mask)
+    local = _cudnn if impl == "cudnn" else functools.partial(_splash_local, interpret=False)
+    if (q.shape[1] == k.shape[1] and _axis_size(mesh, "sequence") > 1
+        and _sequence_parallel_unsupported("ulysses", q, k, mesh) is None):
+      # Tokens are split over 'sequence': a whole-sequence kernel would gather them all on
+      # every device, so run it per device on all tokens of its heads (Ulysses).
+      _info_once(impl, "mesh axis 'sequence' > 1: Ulysses all-to-alls around the kernel")
+      return _ulysses(q, k, v, mask, mesh, local)
+    if impl == "cudnn":
+      return local(q, k, v, mask)
+    return splash_attention(q, k, v, mask, mesh=mesh)
   if impl in ("ulysses", "ring"):
     if q.shape[1] != k.shape[1]:
       # Cross-attention: token-sharded queries against short replicated K/V is local
