@@ -194,3 +194,13 @@ def test_count_flops_matches_xla_cost_analysis():
   ours = dit.count_flops(cfg, 5, 8, 8, 32)
   # XLA also counts elementwise work (norms, softmax, RoPE) that the analytic count skips.
   assert 0.7 * xla["flops"] < ours <= xla["flops"], (ours, xla["flops"])
+
+
+def test_blockwise_attention_with_configured_tile_equals_xla(tiny):
+  """dit.attention='blockwise' with a small dit.attention_block tiles 3x4x6 = 72 tokens."""
+  _, _, params, apply = tiny
+  x, t, text = inputs(1, 3, 4, 6)
+  model = dit.dit_from_config(tiny_cfg(attention="blockwise", attention_block=16))
+  assert model.attention_block == 16
+  np.testing.assert_allclose(np.asarray(jax.jit(model.apply)({"params": params}, x, t, text)),
+                             np.asarray(apply({"params": params}, x, t, text)), atol=1e-5)

@@ -162,6 +162,7 @@ class Attention(nn.Module):
   impl: str
   dtype: Any
   param_dtype: Any
+  block: int = 512  # Tile size of the blockwise / ring kernels (dit.attention_block).
 
   @nn.compact
   def __call__(self, x_BLD, ctx_BSD=None, ctx_mask_BS=None, rope=None):
@@ -181,7 +182,7 @@ class Attention(nn.Module):
     q = nn.with_logical_constraint(q, ("batch", "tokens", "heads", "kv"))
     k = nn.with_logical_constraint(k, ("batch", kv_tokens, "heads", "kv"))
     v = nn.with_logical_constraint(v, ("batch", kv_tokens, "heads", "kv"))
-    o = attend(q, k, v, kv_mask_BS=ctx_mask_BS, impl=self.impl)
+    o = attend(q, k, v, kv_mask_BS=ctx_mask_BS, impl=self.impl, block=self.block)
     o = o.reshape(o.shape[:2] + (self.dim,))
     return dense(("heads", "embed"), "to_out")(o)
 
@@ -199,6 +200,7 @@ class Block(nn.Module):
   impl: str
   dtype: Any
   param_dtype: Any
+  attention_block: int = 512
 
   @nn.compact
   def __call__(self, x_BLD, text_BSD, text_mask_BS, mod_BF6D, rope_cos_LK, rope_sin_LK):
@@ -209,7 +211,7 @@ class Block(nn.Module):
     e = table.astype(jnp.float32)[None, None] + mod_BF6D
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (e[:, :, i] for i in range(6))
     attn = lambda name: Attention(self.dim, self.num_heads, self.qk_norm, self.eps, self.impl,
-                                  self.dtype, self.param_dtype, name=name)
+                                  self.dtype, self.param_dtype, self.attention_block, name=name)
     drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
     act = ("batch", "tokens", "embed")
 
@@ -301,6 +303,7 @@ class WanDiT(nn.Module):
   scan_layers: bool = True
   remat_policy: str = "none"
   attention: str = "xla"
+  attention_block: int = 512
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -356,7 +359,7 @@ class WanDiT(nn.Module):
     kw = dict(dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, qk_norm=self.qk_norm,
               cross_attn_norm=self.cross_attn_norm, eps=self.eps, dropout=self.dropout,
               deterministic=deterministic, impl=self.attention, dtype=self.dtype,
-              param_dtype=self.param_dtype)
+              param_dtype=self.param_dtype, attention_block=self.attention_block)
     args = (text, text_mask_BL, mod_BF6D, cos, sin)
     if self.scan_layers:
       x, _ = nn.scan(
@@ -388,7 +391,8 @@ def dit_from_config(cfg) -> WanDiT:
       dim=d.dim, ffn_dim=d.ffn_dim, num_heads=d.num_heads, num_layers=d.num_layers,
       freq_dim=d.freq_dim, qk_norm=d.qk_norm, cross_attn_norm=d.cross_attn_norm, eps=d.eps,
       dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
-      remat_policy=d.remat_policy, attention=d.attention, dtype=jnp.dtype(d.dtype),
+      remat_policy=d.remat_policy, attention=d.attention, attention_block=d.attention_block,
+      dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 
