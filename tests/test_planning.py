@@ -34,7 +34,7 @@ def test_memory_estimate_within_20_percent_of_compiled(remat):
   mesh = mesh_lib.make_mesh(ml_collections.ConfigDict(ONE), devices=jax.devices()[:1])
   trainer = train.Trainer(cfg, stats, null, (batch, *latent), 16, mesh=mesh)
   host = benchmark.synthetic_batch(cfg, batch, latent, 16)
-  compiled = benchmark.compile_train_step(trainer, trainer.to_device(host))
+  compiled = trainer.compile_step(trainer.to_device(host))
   measured = benchmark.memory_stats(compiled)["peak_estimate"]
   estimate = planning.memory_per_device(cfg, clip, ONE, batch_per_device=batch)["total"]
   assert 0.8 < estimate / measured < 1.2, (estimate, measured)

@@ -111,21 +111,6 @@ def memory_stats(compiled) -> dict:
 
 
 # ------------------------------------------------------------------ programs
-def _train_step_extra_args(trainer) -> tuple:
-  """What `Trainer.step` passes to its jitted step after (state, batch): the frozen base."""
-  return (trainer.base_params() if trainer.lora else None,)
-
-
-def compile_train_step(trainer, batch):
-  """The trainer's jitted train step, lowered for its abstract state and compiled.
-
-  Call it as `compiled(state, batch, *_train_step_extra_args(trainer))`.
-  """
-  with trainer.context():
-    return trainer._step.lower(trainer.abstract_state, batch,  # pylint: disable=protected-access
-                               *_train_step_extra_args(trainer)).compile()
-
-
 def make_sample_step(cfg, trainer, tokens: int):
   """Jitted one-step sampler over the trainer's mesh: (params, noise, emb, mask) -> x.
 
@@ -242,8 +227,8 @@ def run(cfg, workdir: str) -> None:
   # Programs are traced and compiled under the trainer's mesh and rules (compile_*); they
   # run outside it, so the single-device peak probe can run between them.
   state = trainer.init_state()
-  train = _time_program("train step", lambda: compile_train_step(trainer, batch),
-                        (state, batch, *_train_step_extra_args(trainer)), b.steps, b.warmup,
+  train = _time_program("train step", lambda: trainer.compile_step(batch),
+                        (state, batch, *trainer.extra_step_args()), b.steps, b.warmup,
                         probe, donate_state=True)
   sample_step = make_sample_step(cfg, trainer, tokens)
   noise = jax.device_put(np.random.default_rng(1).standard_normal(

@@ -189,10 +189,21 @@ class Trainer:
       self._base = None  # A full fine-tune owns its copy in the state.
     return state
 
+  def extra_step_args(self) -> tuple:
+    """What the jitted step takes after (state, batch): the frozen base under LoRA."""
+    return (self.base_params() if self.lora else None,)
+
   def step(self, state, batch):
-    base = self.base_params() if self.lora else None
     with self.context():
-      return self._step(state, batch, base)
+      return self._step(state, batch, *self.extra_step_args())
+
+  def compile_step(self, batch):
+    """The train step lowered for the abstract state and `batch`, compiled (benchmarks).
+
+    Call the result as `compiled(state, batch, *self.extra_step_args())`.
+    """
+    with self.context():
+      return self._step.lower(self.abstract_state, batch, *self.extra_step_args()).compile()
 
   def to_device(self, batch_np: dict) -> dict:
     keys = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb", "prompt_mask")
