@@ -34,4 +34,4 @@ def score_model(pipe, num_prompts: int, frames: int, height: int, width: int, *,
           "matches": per_prompt, "frames": frames, "height": height, "width": width,
           "steps": steps, "cfg_scale": cfg_scale, "seed": seed,
           "two_object_fraction": two_object_fraction,
-          "mean_pixel": float(np.mean([v.mean() for v in videos]))}
+          "mean_pixels": [float(v.mean()) for v in videos]}
