@@ -47,23 +47,23 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.vae.num_res_blocks = 1  # Residual blocks per stage (Wan 2.1: 2).
   cfg.vae.attn_scales = ()  # Scales with spatial attention (Wan 2.1: none).
   cfg.vae.temporal_downsample = (True, True)  # Which downsamplings also halve time.
-  cfg.vae.dropout = 0.0
+  cfg.vae.dropout = 0.0  # Dropout in the VAE residual blocks (training only).
   cfg.vae.latents_mean = ()  # Per-channel latent mean (Wan 2.1 ships one); () = learned stats.
   cfg.vae.latents_std = ()  # Per-channel latent std; () = use statistics from `encode`.
   cfg.vae.chunk_frames = 4  # Latent-frame chunk for chunked encode/decode (memory bound).
 
   cfg.vae_train = C()
-  cfg.vae_train.lr = 1e-3
-  cfg.vae_train.warmup_steps = 100
-  cfg.vae_train.weight_decay = 0.0
-  cfg.vae_train.grad_clip = 1.0
-  cfg.vae_train.batch_size = 8
-  cfg.vae_train.l1_weight = 1.0
-  cfg.vae_train.l2_weight = 1.0
-  cfg.vae_train.kl_weight = 1e-6
+  cfg.vae_train.lr = 1e-3  # Peak AdamW learning rate of the VAE.
+  cfg.vae_train.warmup_steps = 100  # Linear warm-up steps before the cosine decay.
+  cfg.vae_train.weight_decay = 0.0  # AdamW weight decay.
+  cfg.vae_train.grad_clip = 1.0  # Global-norm gradient clipping (0: off).
+  cfg.vae_train.batch_size = 8  # Global VAE batch (clips or images; one bucket per batch).
+  cfg.vae_train.l1_weight = 1.0  # Weight of the L1 reconstruction term.
+  cfg.vae_train.l2_weight = 1.0  # Weight of the L2 reconstruction term.
+  cfg.vae_train.kl_weight = 1e-6  # Weight of the KL term (small: a nearly deterministic latent).
   cfg.vae_train.disc_start = -1  # Step the 3D patch discriminator starts (-1: never).
-  cfg.vae_train.disc_weight = 0.1
-  cfg.vae_train.ema_decay = 0.999
+  cfg.vae_train.disc_weight = 0.1  # Weight of the adversarial term once the discriminator starts.
+  cfg.vae_train.ema_decay = 0.999  # EMA of VAE weights (encode/sample/eval use the EMA).
   cfg.vae_train.max_frames = 9  # Train on random windows of this many frames (1+4k; 0 = whole clips).
 
   # ---------------------------------------------------------------- text encoder
@@ -79,18 +79,18 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.dit.patch_size = (1, 2, 2)  # (t, h, w) patch over latents.
   cfg.dit.dim = 192  # Hidden width.
   cfg.dit.ffn_dim = 768  # MLP hidden width.
-  cfg.dit.num_heads = 4
-  cfg.dit.num_layers = 6
+  cfg.dit.num_heads = 4  # Attention heads (head dim = dim / num_heads, split over t, h, w by RoPE).
+  cfg.dit.num_layers = 6  # Transformer blocks.
   cfg.dit.freq_dim = 256  # Sinusoidal timestep embedding size.
   cfg.dit.qk_norm = True  # RMS-norm on queries and keys.
-  cfg.dit.cross_attn_norm = True
-  cfg.dit.eps = 1e-6
+  cfg.dit.cross_attn_norm = True  # LayerNorm before cross-attention (Wan).
+  cfg.dit.eps = 1e-6  # Norm epsilon.
   cfg.dit.dropout = 0.0  # Dropout on attention/MLP outputs when training (Wan: 0).
   cfg.dit.rope_theta = 10000.0  # 3D RoPE base (Wan: 10000).
   cfg.dit.scan_layers = True  # Layers under nn.scan (one compiled block).
   cfg.dit.remat_policy = "none"  # 'none', 'full', 'dots', 'dots_no_batch'.
   cfg.dit.dtype = "float32"  # Compute dtype: 'float32' or 'bfloat16'.
-  cfg.dit.param_dtype = "float32"
+  cfg.dit.param_dtype = "float32"  # Parameter (and optimizer state) dtype.
   # Attention kernel: 'xla', 'cudnn' (GPU flash), 'splash' (TPU), 'blockwise'
   # (memory-linear), 'ulysses' / 'ring' (sequence parallel over mesh axis 'sequence').
   cfg.dit.attention = "xla"
@@ -101,10 +101,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.diffusion = C()
   cfg.diffusion.prediction = "x0"  # What the network outputs: 'x0' or 'v' (loss is on v).
   cfg.diffusion.t_mean = 0.0  # Logit-normal timestep distribution.
-  cfg.diffusion.t_std = 1.0
+  cfg.diffusion.t_std = 1.0  # Std of the logit-normal timestep distribution.
   cfg.diffusion.shift = 1.0  # Base timestep shift; scaled by sqrt(tokens / shift_base_tokens).
   cfg.diffusion.shift_base_tokens = 80  # Token count at which the shift is diffusion.shift (17x32x32 demo clips).
-  cfg.diffusion.shift_resolution_dependent = True
+  cfg.diffusion.shift_resolution_dependent = True  # Scale the shift with sequence length (else use diffusion.shift as is).
   cfg.diffusion.caption_dropout = 0.1  # Probability a caption is dropped (CFG).
   # Conditioning-mask mix: name=probability (normalised). Conditioned latent frames are clean (t=0).
   cfg.diffusion.cond_masks = "none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1"
@@ -112,37 +112,37 @@ def base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- training
   cfg.train = C()
   cfg.train.num_steps = 3000  # Steps to run to (train and train_vae).
-  cfg.train.log_every = 50
-  cfg.train.checkpoint_every = 500
-  cfg.train.keep_checkpoints = 3
-  cfg.train.lr = 1e-3
-  cfg.train.warmup_steps = 200
+  cfg.train.log_every = 50  # Steps between progress lines / metrics.jsonl rows.
+  cfg.train.checkpoint_every = 500  # Steps between checkpoints (also saved at the end and on SIGTERM).
+  cfg.train.keep_checkpoints = 3  # Newest checkpoints kept.
+  cfg.train.lr = 1e-3  # Peak AdamW learning rate of the DiT.
+  cfg.train.warmup_steps = 200  # Linear warm-up steps before the cosine decay.
   cfg.train.min_lr_ratio = 0.1  # Cosine decays to lr * min_lr_ratio.
-  cfg.train.weight_decay = 0.01
-  cfg.train.b1 = 0.9
-  cfg.train.b2 = 0.99
-  cfg.train.grad_clip = 1.0
-  cfg.train.ema_decay = 0.999
+  cfg.train.weight_decay = 0.01  # AdamW weight decay.
+  cfg.train.b1 = 0.9  # AdamW beta1.
+  cfg.train.b2 = 0.99  # AdamW beta2.
+  cfg.train.grad_clip = 1.0  # Global-norm gradient clipping (0: off).
+  cfg.train.ema_decay = 0.999  # EMA of DiT weights (sampling uses the EMA by default).
   cfg.train.lora_rank = 0  # >0: train only LoRA adapters of rank r on a loaded base (needs `weights`).
   cfg.train.lora_alpha = 16.0  # LoRA scale: the kernel delta is (lora_alpha / lora_rank) A @ B.
   cfg.train.lora_targets = "q,k,v,o"  # Adapted block kernels: q, k, v, o (self+cross attention), ffn.
-  cfg.train.tensorboard = True
+  cfg.train.tensorboard = True  # Also write TensorBoard event files under WORKDIR/tensorboard.
 
   # ---------------------------------------------------------------- sampling
   cfg.sample = C()
-  cfg.sample.prompt = "a red circle moving left"
+  cfg.sample.prompt = "a red circle moving left"  # The prompt (unless sample.prompts_file is set).
   cfg.sample.prompts_file = ""  # UTF-8, one prompt a line; overrides `prompt`.
   # t2v, t2i, i2v, extend, extend_backward, loop, interpolate, edit, long
   cfg.sample.task = "t2v"
   cfg.sample.num_frames = 17  # 1+4k.
-  cfg.sample.height = 32
-  cfg.sample.width = 32
-  cfg.sample.seed = 0
-  cfg.sample.steps = 30
+  cfg.sample.height = 32  # Pixels; a multiple of the VAE factor times the patch size.
+  cfg.sample.width = 32  # Pixels; e.g. 48 for widescreen at height 32.
+  cfg.sample.seed = 0  # Sample i of a run uses seed + i (its own noise, whatever the batch).
+  cfg.sample.steps = 30  # ODE solver steps.
   cfg.sample.solver = "euler"  # 'euler' or 'heun'.
   cfg.sample.shift = -1.0  # Sampling schedule shift; <0: the training rule for this size.
-  cfg.sample.cfg_scale = 4.0
-  cfg.sample.use_ema = True
+  cfg.sample.cfg_scale = 4.0  # Classifier-free guidance scale (1: no guidance).
+  cfg.sample.use_ema = True  # Sample with the EMA weights.
   cfg.sample.image = ""  # i2v / interpolate start image (or clip) path.
   cfg.sample.end_image = ""  # interpolate end image (or clip) path.
   cfg.sample.video = ""  # extend / extend_backward / edit / loop source clip path.
@@ -159,15 +159,15 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.eval.num_prompts = 32  # Validation prompts sampled for adherence.
   cfg.eval.num_vae_clips = 64  # Validation clips for VAE PSNR/SSIM.
   cfg.eval.tasks = "t2v,i2v,extend,interpolate,loop"  # Task-fidelity figures computed.
-  cfg.eval.steps = 30
-  cfg.eval.cfg_scale = 4.0
+  cfg.eval.steps = 30  # Solver steps of the evaluation samples.
+  cfg.eval.cfg_scale = 4.0  # Guidance scale of the evaluation samples.
 
   # ---------------------------------------------------------------- mesh / sharding
   cfg.mesh = C()
   cfg.mesh.data = -1  # -1 fills with the devices left.
-  cfg.mesh.fsdp = 1
-  cfg.mesh.sequence = 1
-  cfg.mesh.tensor = 1
+  cfg.mesh.fsdp = 1  # Fully-sharded data parallel: batch and parameters (embed) split.
+  cfg.mesh.sequence = 1  # Sequence parallel: spacetime tokens split (ulysses / ring attention).
+  cfg.mesh.tensor = 1  # Tensor parallel: heads and MLP split.
   cfg.mesh.dcn_data = 1  # Multi-slice: data-parallel replicas across slices (DCN).
   # Logical axis -> mesh axes. Parameters and activations name logical axes only.
   cfg.mesh.rules = (
@@ -184,12 +184,12 @@ def base_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- benchmark
   cfg.benchmark = C()
-  cfg.benchmark.batch_size = 8
-  cfg.benchmark.num_frames = 17
-  cfg.benchmark.height = 32
-  cfg.benchmark.width = 32
+  cfg.benchmark.batch_size = 8  # Global batch of the synthetic benchmark.
+  cfg.benchmark.num_frames = 17  # Pixel frames of the synthetic clips.
+  cfg.benchmark.height = 32  # Pixel height of the synthetic clips.
+  cfg.benchmark.width = 32  # Pixel width of the synthetic clips.
   cfg.benchmark.steps = 20  # Timed steps (median reported) after warm-up.
-  cfg.benchmark.warmup = 3
+  cfg.benchmark.warmup = 3  # Untimed steps before timing.
   cfg.benchmark.matmul_size = 2048  # Peak FLOP/s probe matrix size.
 
   # Open weights: a Wan 2.1 diffusers folder (transformer/, vae/, text_encoder/, tokenizer/).
