@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WORKDIR="${1:-workdir/demo}"
 VENV="${SORA_JAX_VENV:-.venv}"
-VAE_STEPS="${VAE_STEPS:-1200}"
-DIT_STEPS="${DIT_STEPS:-2500}"
+VAE_STEPS="${VAE_STEPS:-800}"
+DIT_STEPS="${DIT_STEPS:-1200}"
 NUM_TRAIN="${NUM_TRAIN:-4000}"
 T0=$(date +%s)
 stamp() { echo "== [$(( $(date +%s) - T0 ))s] $*"; }
@@ -27,7 +27,7 @@ run() { "$PY" -m sora_jax --config=$CFG --workdir="$WORKDIR" --config.data.num_t
 stamp "data: ShapesWorld"
 run --mode=data
 stamp "train_vae ($VAE_STEPS steps)"
-run --mode=train_vae --config.train.num_steps=$VAE_STEPS --config.train.checkpoint_every=400 \
+run --mode=train_vae --config.train.num_steps=$VAE_STEPS --config.train.checkpoint_every=200 \
     --config.train.log_every=50
 stamp "encode: latents + text embeddings"
 run --mode=encode
