@@ -37,7 +37,7 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape):
     rng = jax.random.PRNGKey(cfg.seed)
     rng, k_vae, k_disc = jax.random.split(rng, 3)
     x = jnp.zeros(sample_shape, jnp.float32)
-    params = nn.unbox(vae.init({"params": k_vae}, x, k_vae))["params"]
+    params = nn.unbox(vae_lib.init_variables(vae, k_vae))["params"]  # rbg init: fast compile
     state = {"params": params, "opt": tx.init(params), "ema": params,
              "step": jnp.zeros((), jnp.int32), "rng": rng}
     if use_disc:
