@@ -13,74 +13,35 @@ To sample or fine-tune the public Wan 2.1 weights use configs/wan2_1_t2v_1_3b.py
 (docs/open_weights.md). The DiT has 1,418,996,800 parameters (tests/test_dit.py checks
 this against the published checkpoint).
 """
-from sora_jax.config_defaults import base_config
+import importlib.util
+import os
 
-WAN21_LATENTS_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
-                      0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
-WAN21_LATENTS_STD = (2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
-                     3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160)
+_spec = importlib.util.spec_from_file_location(
+    "wan2_1_t2v_1_3b", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                    "wan2_1_t2v_1_3b.py"))
+_wan = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_wan)
+
+
+def from_scratch(cfg):
+  """Wan 2.1's shapes and conventions, trained from scratch with every conditioning mask."""
+  cfg.text.path = ""  # Set to a local umT5-XXL folder (text_encoder/ of the Wan repo).
+  cfg.dit.text_mask = True  # Our own model: skip padded text slots.
+  cfg.diffusion.cond_masks = _wan.base_config().diffusion.cond_masks  # t2v, i2v, extend, ...
+  cfg.train.warmup_steps = 200
+  cfg.train.num_steps = 10000
+  cfg.train.checkpoint_every = 500
+  cfg.train.ema_decay = 0.9999
+  cfg.sample.shift = 5.0
+  cfg.mesh.fsdp = 8
+  return cfg
 
 
 def get_config(arg=None):
   del arg
-  cfg = base_config()
-  cfg.data.name = "video_folder"
-  cfg.data.buckets = "81x480x832,81x832x480,1x480x832"
-  cfg.data.fps = 16
-  cfg.data.batch_size = 8
-
-  # Wan 2.1 VAE: x8 space, x4 time, 16 latent channels.
-  cfg.vae.base_dim = 96
-  cfg.vae.z_dim = 16
-  cfg.vae.dim_mult = (1, 2, 4, 4)
-  cfg.vae.num_res_blocks = 2
-  cfg.vae.attn_scales = ()
-  cfg.vae.temporal_downsample = (False, True, True)
-  cfg.vae.latents_mean = WAN21_LATENTS_MEAN
-  cfg.vae.latents_std = WAN21_LATENTS_STD
-
-  cfg.text.encoder = "umt5"
-  cfg.text.max_length = 512
-  cfg.text.dim = 4096
-  cfg.text.dtype = "bfloat16"
-
-  cfg.dit.patch_size = (1, 2, 2)
+  cfg = from_scratch(_wan.wan21_common(_wan.base_config()))
   cfg.dit.dim = 1536
   cfg.dit.ffn_dim = 8960
   cfg.dit.num_heads = 12
   cfg.dit.num_layers = 30
-  cfg.dit.freq_dim = 256
-  cfg.dit.eps = 1e-6
-  cfg.dit.scan_layers = True
-  cfg.dit.remat_policy = "full"
-  cfg.dit.dtype = "bfloat16"
-  cfg.dit.param_dtype = "float32"
-  cfg.dit.attention = "cudnn"
-
-  cfg.diffusion.prediction = "v"  # Wan predicts the flow velocity.
-  cfg.diffusion.shift = 5.0
-  cfg.diffusion.shift_resolution_dependent = False
-
-  cfg.train.lr = 2e-5
-  cfg.train.warmup_steps = 200
-  cfg.train.weight_decay = 0.0
-  cfg.train.num_steps = 10000
-  cfg.train.checkpoint_every = 500
-  cfg.train.ema_decay = 0.9999
-
-  cfg.sample.num_frames = 81
-  cfg.sample.height = 480
-  cfg.sample.width = 832
-  cfg.sample.steps = 50
-  cfg.sample.shift = 5.0
-  cfg.sample.cfg_scale = 5.0
-  cfg.sample.batch_size = 1
-
-  cfg.mesh.data = 1
-  cfg.mesh.fsdp = 8
-
-  cfg.benchmark.batch_size = 8
-  cfg.benchmark.num_frames = 81
-  cfg.benchmark.height = 480
-  cfg.benchmark.width = 832
   return cfg
