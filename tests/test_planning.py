@@ -16,7 +16,8 @@ def _config(remat="full"):
   cfg = base_config()
   cfg.dit.dim, cfg.dit.ffn_dim, cfg.dit.num_heads, cfg.dit.num_layers = 256, 1024, 4, 2
   cfg.dit.remat_policy = remat
-  cfg.dit.attention, cfg.dit.attention_block = "blockwise", 128
+  # The memory model was calibrated with 512-token tiles; smaller tiles use less than it estimates.
+  cfg.dit.attention, cfg.dit.attention_block = "blockwise", 512
   cfg.text.dim, cfg.text.max_length = 64, 16
   return cfg
 
