@@ -1,7 +1,7 @@
 """Exports a trained workdir as a small self-contained sampling workdir (e.g. pretrained/shapes).
 
 Keeps only what `--mode=sample` / `--mode=eval` read: the EMA weights of the VAE and
-the DiT (no optimizer state), the latent statistics, and a `config.py` that reproduces
+the DiT (or the DiT's raw weights with --nodit_ema; no optimizer state), the latent statistics, and a `config.py` that reproduces
 the exact config the model was trained with (base config + every changed field).
 
   python scripts/export_model.py --config=configs/shapes_tiny.py --workdir=workdir/ship \
@@ -22,6 +22,8 @@ from sora_jax.training import checkpoint
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config the model was trained with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Trained workdir.")
 _OUT = flags.DEFINE_string("out", None, "Export directory.")
+_DIT_EMA = flags.DEFINE_bool("dit_ema", True, "Export the DiT's EMA weights (else its raw weights, "
+                             "better after short runs whose EMA still averages early models).")
 
 
 def config_source(cfg) -> str:
@@ -52,12 +54,13 @@ def get_config(arg=None):
 '''
 
 
-def export_checkpoint(src: str, dst: str) -> int:
-  params, step = checkpoint.load_params(src, use_ema=True)
+def export_checkpoint(src: str, dst: str, use_ema: bool = True) -> int:
+  params, step = checkpoint.load_params(src, use_ema=use_ema)
   if os.path.exists(dst):
     shutil.rmtree(dst)
   mngr = ocp.CheckpointManager(os.path.abspath(dst))
-  mngr.save(step, args=ocp.args.StandardSave({"ema": jax.device_get(params)}))
+  key = "ema" if use_ema else "params"
+  mngr.save(step, args=ocp.args.StandardSave({key: jax.device_get(params)}))
   mngr.wait_until_finished()
   mngr.close()
   return step
@@ -68,7 +71,8 @@ def main(argv):
   cfg, src, out = _CONFIG.value, _WORKDIR.value, _OUT.value
   os.makedirs(out, exist_ok=True)
   vae_step = export_checkpoint(paths.vae_checkpoints(src), paths.vae_checkpoints(out))
-  dit_step = export_checkpoint(paths.dit_checkpoints(src), paths.dit_checkpoints(out))
+  dit_step = export_checkpoint(paths.dit_checkpoints(src), paths.dit_checkpoints(out),
+                               _DIT_EMA.value)
   shutil.copy(paths.latent_stats(src), paths.latent_stats(out))
   with open(os.path.join(out, "config.py"), "w") as f:
     f.write(config_source(cfg))
