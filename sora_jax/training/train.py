@@ -210,16 +210,10 @@ class Trainer:
     return mesh_lib.to_global({k: batch_np[k] for k in keys if k in batch_np}, self.mesh)
 
 
-def encoded_iterator(cfg, workdir: str, split: str = "train", **kw):
-  """The --mode=encode data set as a bucketed, sharded, checkpointable iterator."""
-  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
-  return encode.make_latent_iterator(cfg, workdir, split=split, **kw)
-
-
 def run(cfg, workdir: str) -> None:
   from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   info = encode.read_info(cfg, workdir)
-  data_iter = encoded_iterator(cfg, workdir, "train")
+  data_iter = encode.make_latent_iterator(cfg, workdir, split="train")
   b = cfg.data.batch_size
   trainer = Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
                     (b, *info["latent_shapes"][0], info["z_dim"]), info["text_len"])
