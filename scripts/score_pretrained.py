@@ -37,7 +37,8 @@ def main(argv):
   out = _OUT.value or os.path.join(_WORKDIR.value, "adherence.json")
   with open(out, "w") as f:
     json.dump(result, f, indent=1)
-  print(f"model match {result['model']['match']:.3f}  ground truth "
+  print(f"model match {result['model']['match']:.3f}  VAE round trip "
+        f"{result['vae_ceiling']['match']:.3f}  ground truth "
         f"{result['ground_truth']['match']:.3f}  ratio {result['ratio']}  -> {out}")
 
 

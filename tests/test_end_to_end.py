@@ -187,6 +187,7 @@ def test_eval_writes_its_figures(workdir):
   a = e["adherence"]
   assert a["ground_truth"]["match"] >= 0.5  # the ceiling on real clips
   assert set(a["model"]) >= {"match", "color", "shape", "size", "motion"}
+  assert 0.0 <= a["vae_ceiling"]["match"] <= 1.0 and a["vae_ceiling"]["n"] == a["model"]["n"]
   for k in ("i2v_first_frame_psnr", "extend_seam_abs_diff", "interpolate_end_psnr",
             "loop_closure_abs_diff"):
     assert np.isfinite(e["tasks"][k])

@@ -71,6 +71,26 @@ def test_streaming_with_explicit_cache(variables):
   np.testing.assert_allclose(jnp.concatenate([v1, v2], 1), _decode(variables, z), atol=1e-5)
 
 
+def test_resample_shortcuts_stay_causal_and_chunkable():
+  """Wan-2.2-style shortcuts: same shapes, still causal, chunked == whole clip."""
+  vae = WanVAE(base_dim=8, z_dim=4, dim_mult=(1, 2, 2), num_res_blocks=1,
+               temporal_downsample=(True, True), chunk_frames=2, resample_shortcuts=True)
+  v = nn.unbox(init_variables(vae, jax.random.key(0)))
+  assert jax.tree.structure(v) == jax.tree.structure(  # parameter-free: same checkpoint tree
+      nn.unbox(init_variables(TINY, jax.random.key(0))))
+  x = _video(1, 13)
+  mean, _ = vae.apply(v, x, method=WanVAE.encode)
+  np.testing.assert_allclose(vae.apply(v, x[:, :5], method=WanVAE.encode)[0], mean[:, :2],
+                             atol=1e-5)
+  np.testing.assert_allclose(encode_chunked(vae, v, x)[0], mean, atol=1e-5)
+  z = jax.random.normal(jax.random.key(3), (1, 4, 4, 6, 4))
+  video = vae.apply(v, z, method=WanVAE.decode)
+  assert video.shape == x.shape
+  np.testing.assert_allclose(decode_chunked(vae, v, z)[0], video, atol=1e-5)
+  # The shortcut changes the function (it is not a no-op).
+  assert np.abs(video - TINY.apply(v, z, method=WanVAE.decode)).max() > 1e-3
+
+
 @pytest.mark.parametrize("frames", [1, 5, 17])
 def test_shapes(variables, frames):
   h, w = 16, 32

@@ -18,7 +18,7 @@ import numpy as np
 from sora_jax import paths
 from sora_jax.config_check import parse_buckets
 from sora_jax.data import build as build_lib
-from sora_jax.eval import image_metrics
+from sora_jax.eval import adherence, image_metrics
 from sora_jax.eval import shapes_detector
 from sora_jax.sampling.sample import VideoPipeline
 from sora_jax.training import train_vae
@@ -97,10 +97,11 @@ def adherence_figures(pipe: VideoPipeline, examples: list[dict], cfg) -> dict:
   specs = [x["spec"] for x in examples]
   model = shapes_detector.adherence(videos, specs)
   truth = shapes_detector.adherence([x["video"] for x in examples], specs)
+  ceiling = adherence.vae_ceiling(pipe, [x["video"] for x in examples], specs, s.batch_size)
   ratio = {k: (model[k] / truth[k] if model.get(k) is not None and truth.get(k) else None)
            for k in truth if k != "n"}
-  return {"model": model, "ground_truth": truth, "ratio": ratio, "frames": t, "height": h,
-          "width": w}, videos
+  return {"model": model, "vae_ceiling": ceiling, "ground_truth": truth, "ratio": ratio,
+          "frames": t, "height": h, "width": w}, videos
 
 
 def run(cfg, workdir: str) -> None:
@@ -119,8 +120,9 @@ def run(cfg, workdir: str) -> None:
     examples = validation_examples(cfg, workdir, e.num_prompts, frames=frames)
     result["adherence"], _ = adherence_figures(pipe, examples, cfg)
     a = result["adherence"]
-    print(f"[eval] adherence model {a['model']['match']:.3f} ground truth "
-          f"{a['ground_truth']['match']:.3f} ratio {a['ratio']['match']}", flush=True)
+    print(f"[eval] adherence model {a['model']['match']:.3f}, VAE round trip "
+          f"{a['vae_ceiling']['match']:.3f}, ground truth {a['ground_truth']['match']:.3f} "
+          f"(ratio {a['ratio']['match']})", flush=True)
     result["tasks"] = task_figures(pipe, examples, cfg, batch=min(8, len(examples)))
     print(f"[eval] tasks {result['tasks']}", flush=True)
   result["eval_seconds"] = time.time() - t0

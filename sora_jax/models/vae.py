@@ -157,12 +157,26 @@ class Resample(nn.Module):
 
   mode: 'downsample2d', 'downsample3d', 'upsample2d' or 'upsample3d'. Downsampling keeps
   the channels; upsampling halves them (`dim // 2`, Wan 2.1).
+
+  shortcut: add a parameter-free path around the resample, in the manner of Wan 2.2's
+  AvgDown3D / DupUp3D (DC-AE's residual autoencoding): downsampling adds the input's
+  average over each 2x2 (x2 frames) block, upsampling adds the input repeated to 2x2 (x2
+  frames) with channel pairs averaged. The conv path then learns a residual, which
+  trains much faster at high compression. Causal like the conv path (a first frame stays
+  alone, later frames pair up), so chunking stays exact. Off for Wan 2.1 weights.
   """
   dim: int
   mode: str
+  shortcut: bool = False
 
   @nn.compact
   def __call__(self, x_BTHWC, cache: Cache | None):
+    y_BTHWC, new_cache = self._resample(x_BTHWC, cache)
+    if self.shortcut:
+      y_BTHWC = y_BTHWC + _resample_shortcut(x_BTHWC, self.mode, clip_start=cache is None)
+    return y_BTHWC, new_cache
+
+  def _resample(self, x_BTHWC, cache: Cache | None):
     new_cache = {}
     if self.mode == "upsample3d":
       time_conv = CausalConv3d(2 * self.dim, (3, 1, 1), kernel_init=_upsample_time_init,
@@ -201,6 +215,24 @@ class Resample(nn.Module):
     return x_BTHWC, new_cache
 
 
+def _resample_shortcut(x_BTHWC, mode: str, clip_start: bool):
+  """The parameter-free shortcut of `Resample(shortcut=True)` (same output shape)."""
+  b, t, h, w, c = x_BTHWC.shape
+  if mode.startswith("down"):
+    x = x_BTHWC.reshape(b, t, h // 2, 2, w // 2, 2, c).mean(axis=(3, 5))
+    if mode == "downsample3d":
+      first, rest = (x[:, :1], x[:, 1:]) if clip_start else (x[:, :0], x)
+      rest = rest.reshape(b, rest.shape[1] // 2, 2, h // 2, w // 2, c).mean(axis=2)
+      x = jnp.concatenate([first, rest], axis=1)
+    return x
+  x = x_BTHWC.reshape(b, t, h, w, c // 2, 2).mean(axis=-1)
+  x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+  if mode == "upsample3d":
+    first, rest = (x[:, :1], x[:, 1:]) if clip_start else (x[:, :0], x)
+    x = jnp.concatenate([first, jnp.repeat(rest, 2, axis=1)], axis=1)
+  return x
+
+
 def _frames_from_channels(y_BTHW2C):
   """(B, T, H, W, 2C) -> (B, 2T, H, W, C): the first C channels are the earlier frame."""
   b, t, h, w, c2 = y_BTHW2C.shape
@@ -233,6 +265,7 @@ class Encoder3d(nn.Module):
   attn_scales: Sequence[float]
   temporal_downsample: Sequence[bool]
   dropout: float = 0.0
+  resample_shortcuts: bool = False
 
   @nn.compact
   def __call__(self, x_BTHWC, cache: Cache | None, train: bool = False):
@@ -251,7 +284,8 @@ class Encoder3d(nn.Module):
       if i != len(self.dim_mult) - 1:
         name = f"down_blocks_{idx}"
         mode = "downsample3d" if self.temporal_downsample[i] else "downsample2d"
-        x, new[name] = Resample(out_dim, mode, name=name)(x, cache and cache[name])
+        x, new[name] = Resample(out_dim, mode, self.resample_shortcuts, name=name)(
+            x, cache and cache[name])
         idx += 1
         scale /= 2.0
     x, new["mid_block"] = MidBlock(dims[-1], self.dropout, name="mid_block")(
@@ -267,6 +301,7 @@ class UpBlock(nn.Module):
   num_res_blocks: int
   upsample_mode: str | None
   dropout: float = 0.0
+  resample_shortcuts: bool = False
 
   @nn.compact
   def __call__(self, x, cache: Cache | None, train: bool = False):
@@ -275,8 +310,8 @@ class UpBlock(nn.Module):
       name = f"resnets_{j}"
       x, new[name] = ResidualBlock(self.out_dim, self.dropout, name=name)(x, cache and cache[name], train)
     if self.upsample_mode:
-      x, new["upsamplers_0"] = Resample(self.out_dim, self.upsample_mode, name="upsamplers_0")(
-          x, cache and cache["upsamplers_0"])
+      x, new["upsamplers_0"] = Resample(self.out_dim, self.upsample_mode, self.resample_shortcuts,
+                                        name="upsamplers_0")(x, cache and cache["upsamplers_0"])
     return x, new
 
 
@@ -288,6 +323,7 @@ class Decoder3d(nn.Module):
   temporal_upsample: Sequence[bool]
   out_channels: int = 3
   dropout: float = 0.0
+  resample_shortcuts: bool = False
 
   @nn.compact
   def __call__(self, z_BthwC, cache: Cache | None, train: bool = False):
@@ -301,7 +337,8 @@ class Decoder3d(nn.Module):
       if i != len(self.dim_mult) - 1:
         mode = "upsample3d" if self.temporal_upsample[i] else "upsample2d"
       name = f"up_blocks_{i}"
-      x, new[name] = UpBlock(out_dim, self.num_res_blocks, mode, self.dropout, name=name)(
+      x, new[name] = UpBlock(out_dim, self.num_res_blocks, mode, self.dropout,
+                             self.resample_shortcuts, name=name)(
           x, cache and cache[name], train)
     x = nn.silu(RMSNorm(name="norm_out")(x))
     x, new["conv_out"] = CausalConv3d(self.out_channels, name="conv_out")(
@@ -332,6 +369,7 @@ class WanVAE(nn.Module):
   in_channels: int = 3
   out_channels: int = 3
   chunk_frames: int = 4  # Latent frames per chunk in encode_chunked / decode_chunked.
+  resample_shortcuts: bool = False  # Wan-2.2-style parameter-free shortcuts (see Resample).
 
   def __post_init__(self):
     # Tuples, so a module built from lists (JSON, configs) is hashable: the chunked
@@ -346,11 +384,13 @@ class WanVAE(nn.Module):
           f"temporal_downsample={tuple(self.temporal_downsample)} needs one entry per "
           f"downsampling, len(dim_mult) - 1 = {len(self.dim_mult) - 1}")
     self.encoder = Encoder3d(self.base_dim, 2 * self.z_dim, self.dim_mult, self.num_res_blocks,
-                             self.attn_scales, self.temporal_downsample, self.dropout)
+                             self.attn_scales, self.temporal_downsample, self.dropout,
+                             self.resample_shortcuts)
     self.quant_conv = CausalConv3d(2 * self.z_dim, (1, 1, 1))
     self.post_quant_conv = CausalConv3d(self.z_dim, (1, 1, 1))
     self.decoder = Decoder3d(self.base_dim, self.dim_mult, self.num_res_blocks,
-                             tuple(self.temporal_downsample)[::-1], self.out_channels, self.dropout)
+                             tuple(self.temporal_downsample)[::-1], self.out_channels, self.dropout,
+                             self.resample_shortcuts)
 
   # ------------------------------------------------------------------ shapes
   @property
@@ -447,7 +487,8 @@ def vae_from_config(cfg) -> WanVAE:
   return WanVAE(base_dim=int(v.base_dim), z_dim=int(v.z_dim), dim_mult=tuple(v.dim_mult),
                 num_res_blocks=int(v.num_res_blocks), attn_scales=tuple(v.attn_scales),
                 temporal_downsample=tuple(bool(t) for t in v.temporal_downsample),
-                dropout=float(v.dropout), chunk_frames=int(v.chunk_frames))
+                dropout=float(v.dropout), chunk_frames=int(v.chunk_frames),
+                resample_shortcuts=bool(v.resample_shortcuts))
 
 
 def latent_shape(cfg, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
