@@ -71,6 +71,20 @@ def test_training_writes_metrics_and_checkpoints(workdir):
   assert step == 4
 
 
+def test_adherence_curve_scores_every_checkpoint(workdir, tmp_path):
+  out = str(tmp_path / "curve")
+  r = subprocess.run([sys.executable, "scripts/adherence_curve.py", "--config=configs/shapes_tiny.py",
+                      f"--workdir={workdir}", *TINY, "--num_prompts=1", "--steps=2", "--frames=9",
+                      "--height=16", "--width=16", f"--out={out}"],
+                     capture_output=True, text=True, timeout=900)
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(out + ".json") as f:
+    rows = json.load(f)["rows"]
+  assert [row["step"] for row in rows] == checkpoint.all_steps(os.path.join(workdir, "checkpoints"))
+  assert all(row["minutes"] is not None and row["vae_ceiling"]["n"] == 1 for row in rows)
+  assert os.path.getsize(out + ".png") > 0
+
+
 def test_dit_resume_is_exact(workdir, tmp_path):
   """4 steps straight == 2 steps, a restart, then 2 more (losses and parameters)."""
   other = str(tmp_path / "resumed")

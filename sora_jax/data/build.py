@@ -9,6 +9,8 @@ bucket, the build time and where it lives.
 import json
 import time
 
+import numpy as np
+
 from absl import logging
 import tensorflow_datasets as tfds
 
@@ -60,6 +62,23 @@ def source_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
         f"no built {cfg.data.name} data set at {builder.data_dir}; build it with the same "
         "config: python -m sora_jax --config=... --workdir=... --mode=data")
   return builder
+
+
+def validation_examples(cfg, workdir: str, n: int, frames: int | None = None) -> list[dict]:
+  """Up to n validation records (video uint8 THWC, prompt, spec dict), optionally of T=frames."""
+  builder = source_builder(cfg, paths.data_dir(cfg, workdir))
+  src = builder.as_data_source(split="validation")
+  out = []
+  for i in range(len(src)):
+    r = src[i]
+    if frames is not None and r["video"].shape[0] != frames:
+      continue
+    text = lambda x: x.decode() if isinstance(x, bytes) else str(x)
+    out.append({"video": np.asarray(r["video"]), "prompt": text(r["prompt"]),
+                "spec": json.loads(text(r["spec"]) or "{}")})
+    if len(out) >= n:
+      break
+  return out
 
 
 def summary(builder) -> dict:

@@ -24,23 +24,6 @@ from sora_jax.sampling.sample import VideoPipeline
 from sora_jax.training import train_vae
 
 
-def validation_examples(cfg, workdir: str, n: int, frames: int | None = None) -> list[dict]:
-  """Up to n validation records (video uint8 THWC, prompt, spec dict), optionally of T=frames."""
-  builder = build_lib.source_builder(cfg, paths.data_dir(cfg, workdir))
-  src = builder.as_data_source(split="validation")
-  out = []
-  for i in range(len(src)):
-    r = src[i]
-    if frames is not None and r["video"].shape[0] != frames:
-      continue
-    text = lambda x: x.decode() if isinstance(x, bytes) else str(x)
-    out.append({"video": np.asarray(r["video"]), "prompt": text(r["prompt"]),
-                "spec": json.loads(text(r["spec"]) or "{}")})
-    if len(out) >= n:
-      break
-  return out
-
-
 def _mean_abs(a, b) -> float:
   return float(np.mean(np.abs(a.astype(np.float32) - b.astype(np.float32))))
 
@@ -109,7 +92,7 @@ def run(cfg, workdir: str) -> None:
   e = cfg.eval
   result = {"workdir": os.path.abspath(workdir)}
   vae, vae_params = train_vae.load_vae(cfg, workdir)
-  clips = [x["video"] for x in validation_examples(cfg, workdir, e.num_vae_clips)]
+  clips = [x["video"] for x in build_lib.validation_examples(cfg, workdir, e.num_vae_clips)]
   result["vae"] = {**train_vae.reconstruction_metrics(vae, vae_params, clips), "n": len(clips)}
   print(f"[eval] VAE PSNR {result['vae']['psnr']:.2f} dB SSIM {result['vae']['ssim']:.4f}",
         flush=True)
@@ -117,7 +100,7 @@ def run(cfg, workdir: str) -> None:
     pipe = VideoPipeline(cfg, workdir, use_ema=cfg.sample.use_ema, vae_params=vae_params)
     result["dit_step"] = int(pipe.step)
     frames = max(b[0] for b in parse_buckets(cfg.data.buckets))
-    examples = validation_examples(cfg, workdir, e.num_prompts, frames=frames)
+    examples = build_lib.validation_examples(cfg, workdir, e.num_prompts, frames=frames)
     result["adherence"], _ = adherence_figures(pipe, examples, cfg)
     a = result["adherence"]
     print(f"[eval] adherence model {a['model']['match']:.3f}, VAE round trip "

@@ -74,17 +74,32 @@ class Checkpointer:
     self.manager.close()
 
 
-def load_params(directory: str, use_ema: bool = True):
-  """Parameters (EMA or raw) from the newest orbax checkpoint in `directory`, on host.
+def all_steps(directory: str) -> list[int]:
+  """Sorted steps of the orbax checkpoints in `directory` ([] if none)."""
+  if not os.path.isdir(directory):
+    return []
+  mngr = ocp.CheckpointManager(os.path.abspath(directory),
+                              options=ocp.CheckpointManagerOptions(read_only=True))
+  steps = sorted(mngr.all_steps())
+  mngr.close()
+  return steps
 
-  Works for full training checkpoints and for exported ones holding only {'ema'}.
+
+def load_params(directory: str, use_ema: bool = True, step: int | None = None):
+  """(parameters (EMA or raw), step) from an orbax checkpoint in `directory`, on host.
+
+  step: which checkpoint (default: the newest). Works for full training checkpoints and
+  for exported ones holding only {'ema'}.
   """
   mngr = ocp.CheckpointManager(os.path.abspath(directory),
                               options=ocp.CheckpointManagerOptions(read_only=True))
-  step = mngr.latest_step()
+  steps = mngr.all_steps()
   if step is None:
+    step = mngr.latest_step()
+  if step is None or step not in steps:
     mngr.close()
-    raise FileNotFoundError(f"no checkpoint in {directory}")
+    raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {directory}"
+                            f" (has steps {sorted(steps)})")
   tree = mngr.restore(step, args=ocp.args.StandardRestore())
   mngr.close()
   key = "ema" if (use_ema and "ema" in tree) or "params" not in tree else "params"

@@ -16,7 +16,7 @@ import optax
 
 from sora_jax import paths
 from sora_jax.config_check import parse_buckets
-from sora_jax.data import pipeline
+from sora_jax.data import build, pipeline
 from sora_jax.eval import image_metrics
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import vae as vae_lib
@@ -106,17 +106,6 @@ def reconstruction_metrics(vae, params, videos_uint8: list[np.ndarray]) -> dict:
   return {"psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims))}
 
 
-def validation_clips(cfg, workdir: str, n: int) -> list[np.ndarray]:
-  it = pipeline.make_iterator(cfg, paths.data_dir(cfg, workdir), split="validation",
-                              batch_size=1, repeat=False, process_index=0, process_count=1)
-  clips = []
-  for batch in it:
-    clips.append(np.asarray(batch["video"][0]))
-    if len(clips) >= n:
-      break
-  return clips
-
-
 def run(cfg, workdir: str) -> None:
   vt = cfg.vae_train
   mesh = mesh_lib.make_mesh(cfg.mesh)
@@ -144,7 +133,7 @@ def run(cfg, workdir: str) -> None:
 
   data_iter = pipeline.make_iterator(cfg, paths.data_dir(cfg, workdir), split="train",
                                      batch_size=vt.batch_size)
-  val = validation_clips(cfg, workdir, min(16, cfg.eval.num_vae_clips))
+  val = [x["video"] for x in build.validation_examples(cfg, workdir, min(16, cfg.eval.num_vae_clips))]
   t0 = time.time()
 
   def eval_fn(state, step):
