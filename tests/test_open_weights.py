@@ -185,6 +185,20 @@ def test_latent_stats_from_config_or_vae_config(wan, tmp_path):
     weights.latent_stats(cfg, str(tmp_path))
 
 
+def test_eval_and_vae_training_start_from_the_open_weights_vae(wan, tmp_path):
+  """With `weights` and no VAE checkpoint, eval / train_vae use the weights' VAE."""
+  from sora_jax.training import train_vae  # pylint: disable=g-import-not-at-top
+  root, _ = wan
+  cfg = wan_tiny.tiny_config(root)
+  vae, params = train_vae.load_vae(cfg, str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, params, weights.load_vae(cfg))
+  assert vae.z_dim == 16
+  init_state, _ = train_vae.make_state_fns(cfg, vae, None, train_vae.optim.make_optimizer(
+      1e-4, 1, 10), None, (1, 5, 16, 16, 3), init_params=params)
+  state = jax.eval_shape(init_state)
+  assert jax.tree.structure(state["params"]) == jax.tree.structure(params)
+
+
 def test_entry_point_prints_a_mismatch_as_one_line(wan, tmp_path):
   """The real 1.3B config against the tiny weights: exit 2, one line naming the field."""
   root, _ = wan

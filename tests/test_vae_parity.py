@@ -125,3 +125,7 @@ def test_mismatched_checkpoint_names_the_tensor():
   wider = WanVAE(**{**conv.vae_kwargs_from_diffusers_config(dict(model.config)), "base_dim": 32})
   with pytest.raises(ValueError, match="expects"):
     conv.convert_state_dict({k: v.numpy() for k, v in model.state_dict().items()}, wider)
+  shortcuts = WanVAE(**{**conv.vae_kwargs_from_diffusers_config(dict(model.config)),
+                        "resample_shortcuts": True})
+  with pytest.raises(ValueError, match="resample_shortcuts=False"):
+    conv.convert_state_dict(sd, shortcuts)

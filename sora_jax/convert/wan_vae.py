@@ -37,7 +37,7 @@ def vae_kwargs_from_diffusers_config(config: dict) -> dict:
               attn_scales=tuple(config.get("attn_scales", ())),
               temporal_downsample=tuple(config.get("temperal_downsample", (False, True, True))),
               dropout=config.get("dropout", 0.0), in_channels=config.get("in_channels", 3),
-              out_channels=config.get("out_channels", 3))
+              out_channels=config.get("out_channels", 3), resample_shortcuts=False)
 
 
 def _flax_path(key: str) -> tuple[str, ...]:
@@ -141,6 +141,9 @@ def convert_state_dict(state_dict: dict, vae: WanVAE) -> dict:
 
   Raises ValueError naming the first missing or unexpected tensor, or a shape mismatch.
   """
+  if vae.resample_shortcuts:
+    raise ValueError("Wan 2.1 VAE weights were trained without resample shortcuts: set "
+                     "vae.resample_shortcuts=False to load them")
   if is_wan_original(state_dict):
     state_dict = wan_original_to_diffusers(state_dict, vae)
   s = vae.spatial_factor

@@ -96,7 +96,7 @@ def run(cfg, workdir: str) -> None:
   result["vae"] = {**train_vae.reconstruction_metrics(vae, vae_params, clips), "n": len(clips)}
   print(f"[eval] VAE PSNR {result['vae']['psnr']:.2f} dB SSIM {result['vae']['ssim']:.4f}",
         flush=True)
-  if os.path.isdir(paths.dit_checkpoints(workdir)):
+  if cfg.weights or os.path.isdir(paths.dit_checkpoints(workdir)):
     pipe = VideoPipeline(cfg, workdir, use_ema=cfg.sample.use_ema, vae_params=vae_params)
     result["dit_step"] = int(pipe.step)
     frames = max(b[0] for b in parse_buckets(cfg.data.buckets))

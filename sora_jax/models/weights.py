@@ -149,7 +149,8 @@ def _vae_fields(cfg) -> dict:
   v = cfg.vae
   return dict(base_dim=v.base_dim, z_dim=v.z_dim, dim_mult=tuple(v.dim_mult),
               num_res_blocks=v.num_res_blocks, attn_scales=tuple(v.attn_scales),
-              temporal_downsample=tuple(bool(t) for t in v.temporal_downsample))
+              temporal_downsample=tuple(bool(t) for t in v.temporal_downsample),
+              resample_shortcuts=bool(v.resample_shortcuts))
 
 
 def load_vae(cfg) -> dict:

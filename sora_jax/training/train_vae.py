@@ -20,6 +20,7 @@ from sora_jax.data import build, pipeline
 from sora_jax.eval import image_metrics
 from sora_jax.models import discriminator as disc_lib
 from sora_jax.models import vae as vae_lib
+from sora_jax.models import weights
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import checkpoint, loop, optim
 
@@ -28,8 +29,11 @@ def _kl(mean, logvar):
   return 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
 
 
-def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape):
-  """(init_state, train_step) for the VAE, pure functions of explicit pytrees."""
+def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
+  """(init_state, train_step) for the VAE, pure functions of explicit pytrees.
+
+  init_params: start from these VAE parameters (e.g. open weights) instead of a fresh init.
+  """
   vt = cfg.vae_train
   use_disc = vt.disc_start >= 0
 
@@ -37,7 +41,10 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape):
     rng = jax.random.PRNGKey(cfg.seed)
     rng, k_vae, k_disc = jax.random.split(rng, 3)
     x = jnp.zeros(sample_shape, jnp.float32)
-    params = nn.unbox(vae_lib.init_variables(vae, k_vae))["params"]  # rbg init: fast compile
+    if init_params is not None:
+      params = init_params
+    else:
+      params = nn.unbox(vae_lib.init_variables(vae, k_vae))["params"]  # rbg init: fast compile
     state = {"params": params, "opt": tx.init(params), "ema": params,
              "step": jnp.zeros((), jnp.int32), "rng": rng}
     if use_disc:
@@ -120,7 +127,9 @@ def run(cfg, workdir: str) -> None:
   dtx = optim.make_optimizer(vt.lr, vt.warmup_steps, cfg.train.num_steps, 0.1, 0.0, 0.5, 0.9,
                              vt.grad_clip)
   t, h, w = parse_buckets(cfg.data.buckets)[0]
-  init_state, train_step = make_state_fns(cfg, vae, disc, tx, dtx, (1, t, h, w, 3))
+  # With open weights (`config.weights`) training fine-tunes their VAE.
+  init_params = weights.load_vae(cfg) if cfg.weights else None
+  init_state, train_step = make_state_fns(cfg, vae, disc, tx, dtx, (1, t, h, w, 3), init_params)
 
   # The VAE is small: parameters replicated, batch split over data (+fsdp) devices.
   rep = mesh_lib.replicated(mesh)
@@ -147,6 +156,9 @@ def run(cfg, workdir: str) -> None:
 
 
 def load_vae(cfg, workdir: str, use_ema: bool = True):
-  """(vae module, params) from the newest checkpoint in WORKDIR/vae_checkpoints."""
+  """(vae module, params): the newest checkpoint in WORKDIR/vae_checkpoints, else (with
+  `config.weights` set and no checkpoint) the open weights' VAE."""
+  if cfg.weights and not checkpoint.all_steps(paths.vae_checkpoints(workdir)):
+    return vae_lib.vae_from_config(cfg), weights.load_vae(cfg)
   params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
   return vae_lib.vae_from_config(cfg), params
