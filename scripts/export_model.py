@@ -26,14 +26,20 @@ _DIT_EMA = flags.DEFINE_bool("dit_ema", True, "Export the DiT's EMA weights (els
                              "better after short runs whose EMA still averages early models).")
 
 
+# Sections that define the trained networks: written out in full, so a shipped model
+# keeps loading when the project's defaults change later.
+PINNED_SECTIONS = ("vae", "dit", "text", "diffusion")
+
+
 def config_source(cfg) -> str:
-  """Python source of a config file equal to `cfg` (base config + changed fields)."""
+  """Python source of a config file equal to `cfg`: the base config, every field of the
+  model-defining sections, and any other field that differs from the defaults."""
   base = base_config().to_dict()
   lines = []
   for section, values in cfg.to_dict().items():
     if isinstance(values, dict):
       for k, v in values.items():
-        if base[section].get(k) != v:
+        if section in PINNED_SECTIONS or base[section].get(k) != v:
           lines.append(f"  cfg.{section}.{k} = {v!r}")
     elif base.get(section) != values:
       lines.append(f"  cfg.{section} = {values!r}")

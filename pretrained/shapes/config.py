@@ -9,5 +9,46 @@ from sora_jax.config_defaults import base_config
 def get_config(arg=None):
   del arg
   cfg = base_config()
-  pass
+  cfg.diffusion.caption_dropout = 0.1
+  cfg.diffusion.cond_masks = 'none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1'
+  cfg.diffusion.prediction = 'x0'
+  cfg.diffusion.shift = 1.0
+  cfg.diffusion.shift_base_tokens = 80
+  cfg.diffusion.shift_resolution_dependent = True
+  cfg.diffusion.t_mean = 0.0
+  cfg.diffusion.t_std = 1.0
+  cfg.dit.attention = 'xla'
+  cfg.dit.attention_block = 512
+  cfg.dit.cross_attn_norm = True
+  cfg.dit.dim = 192
+  cfg.dit.dropout = 0.0
+  cfg.dit.dtype = 'float32'
+  cfg.dit.eps = 1e-06
+  cfg.dit.ffn_dim = 768
+  cfg.dit.freq_dim = 256
+  cfg.dit.num_heads = 4
+  cfg.dit.num_layers = 6
+  cfg.dit.param_dtype = 'float32'
+  cfg.dit.patch_size = (1, 2, 2)
+  cfg.dit.qk_norm = True
+  cfg.dit.remat_policy = 'none'
+  cfg.dit.rope_theta = 10000.0
+  cfg.dit.scan_layers = True
+  cfg.dit.text_mask = True
+  cfg.text.dim = 384
+  cfg.text.dtype = 'float32'
+  cfg.text.encoder = 'minilm'
+  cfg.text.max_length = 32
+  cfg.text.path = ''
+  cfg.vae.attn_scales = ()
+  cfg.vae.base_dim = 16
+  cfg.vae.chunk_frames = 4
+  cfg.vae.dim_mult = (1, 2, 4)
+  cfg.vae.dropout = 0.0
+  cfg.vae.latents_mean = ()
+  cfg.vae.latents_std = ()
+  cfg.vae.num_res_blocks = 1
+  cfg.vae.resample_shortcuts = False
+  cfg.vae.temporal_downsample = (True, True)
+  cfg.vae.z_dim = 8
   return cfg
