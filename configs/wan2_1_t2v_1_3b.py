@@ -49,6 +49,7 @@ def wan21_common(cfg):
   cfg.vae.num_res_blocks = 2
   cfg.vae.attn_scales = ()
   cfg.vae.temporal_downsample = (False, True, True)
+  cfg.vae.resample_shortcuts = False  # Wan 2.1 has none (Wan 2.2 does).
   cfg.vae.latents_mean = WAN21_LATENTS_MEAN
   cfg.vae.latents_std = WAN21_LATENTS_STD
 

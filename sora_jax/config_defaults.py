@@ -42,7 +42,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- video VAE
   cfg.vae = C()
   cfg.vae.base_dim = 16  # Channels of the first stage (Wan 2.1: 96).
-  cfg.vae.z_dim = 8  # Latent channels (Wan 2.1: 16).
+  cfg.vae.z_dim = 16  # Latent channels (Wan 2.1: 16).
   cfg.vae.dim_mult = (1, 2, 4)  # Channel multiplier per stage; len-1 downsamplings.
   cfg.vae.num_res_blocks = 1  # Residual blocks per stage (Wan 2.1: 2).
   cfg.vae.attn_scales = ()  # Scales with spatial attention (Wan 2.1: none).
@@ -52,8 +52,8 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.vae.latents_std = ()  # Per-channel latent std; () = use statistics from `encode`.
   cfg.vae.chunk_frames = 4  # Latent-frame chunk for chunked encode/decode (memory bound).
   # Parameter-free average-down / repeat-up paths around every resample (Wan 2.2 style):
-  # much faster VAE training; Wan 2.1 weights need False.
-  cfg.vae.resample_shortcuts = False
+  # much faster VAE training; Wan 2.1 weights need False (configs/wan2_1_t2v_1_3b.py).
+  cfg.vae.resample_shortcuts = True
 
   cfg.vae_train = C()
   cfg.vae_train.lr = 1e-3  # Peak AdamW learning rate of the VAE.
@@ -61,7 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.vae_train.weight_decay = 0.0  # AdamW weight decay.
   cfg.vae_train.grad_clip = 1.0  # Global-norm gradient clipping (0: off).
   cfg.vae_train.batch_size = 8  # Global VAE batch (clips or images; one bucket per batch).
-  cfg.vae_train.l1_weight = 1.0  # Weight of the L1 reconstruction term.
+  cfg.vae_train.l1_weight = 0.1  # Weight of the L1 reconstruction term.
   cfg.vae_train.l2_weight = 1.0  # Weight of the L2 reconstruction term.
   cfg.vae_train.kl_weight = 1e-6  # Weight of the KL term (small: a nearly deterministic latent).
   cfg.vae_train.disc_start = -1  # Step the 3D patch discriminator starts (-1: never).

@@ -169,8 +169,13 @@ def test_edit_strength_zero_returns_the_reconstruction(pipe, clip):
 
 def test_same_seed_same_video_and_seeds_differ(pipe):
   a = pipe.run_task("t2v", ["a red circle", "a red circle"], [5, 6], 9, 16, 16, **KW)
+  again = pipe.run_task("t2v", ["a red circle", "a red circle"], [5, 6], 9, 16, 16, **KW)
+  np.testing.assert_array_equal(a, again)  # Same call, same numbers, bit for bit.
+  # A seed's noise does not depend on its batch; XLA may reduce in another order for
+  # another batch size, which can move a pixel by one uint8 level after rounding.
   b = pipe.run_task("t2v", ["a red circle"], [5], 9, 16, 16, **KW)
-  np.testing.assert_array_equal(a[0], b[0])
+  diff = np.abs(a[0].astype(int) - b[0].astype(int))
+  assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
   assert not np.array_equal(a[0], a[1])
 
 

@@ -15,7 +15,7 @@ from sora_jax.config_defaults import base_config
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import benchmark, train
 
-LATENT = (5, 8, 8, 8)  # (T, H, W, C): 17 x 32 x 32 pixels under the demo VAE.
+LATENT = (5, 8, 8, 8)  # (T, H, W, C): 17 x 32 x 32 pixels under an 8-channel VAE.
 TEXT_LEN = 8
 BATCH = 8
 REL = 1e-5
@@ -23,6 +23,7 @@ REL = 1e-5
 
 def _config(attention="xla"):
   cfg = base_config()
+  cfg.vae.z_dim = LATENT[-1]
   cfg.dit.dim, cfg.dit.ffn_dim, cfg.dit.num_heads, cfg.dit.num_layers = 64, 128, 8, 2
   cfg.dit.freq_dim = 32
   cfg.dit.attention = attention
