@@ -65,6 +65,7 @@ def wan21_common(cfg):
   cfg.dit.qk_norm = True
   cfg.dit.cross_attn_norm = True
   cfg.dit.text_mask = False  # ...and its DiT attends to all 512 slots, the zero padding too.
+  cfg.dit.pooled_text = False  # Wan 2.1 conditions adaLN on time only.
   cfg.dit.scan_layers = True
   cfg.dit.remat_policy = "full"
   cfg.dit.dtype = "bfloat16"

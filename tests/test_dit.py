@@ -88,6 +88,21 @@ def test_masked_text_tokens_are_ignored(tiny):
   np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
 
 
+@pytest.mark.parametrize("pooled", [True, False])
+def test_pooled_text_conditions_every_block(pooled):
+  """With cross-attention silenced, the caption still reaches the output only through the
+  pooled-text path (dit.pooled_text)."""
+  cfg = tiny_cfg(pooled_text=pooled)
+  model, params = random_params(cfg)
+  assert ("pooled_text_embedder" in params["condition_embedder"]) == pooled
+  params["blocks"]["attn2"]["to_out"] = jax.tree.map(jnp.zeros_like,
+                                                     params["blocks"]["attn2"]["to_out"])
+  x, t, text = inputs(1, 2, 4, 4)
+  a = np.asarray(model.apply({"params": params}, x, t, text))
+  b = np.asarray(model.apply({"params": params}, x, t, text[:, ::-1] * 2.0 + 1.0))
+  assert (np.abs(a - b).max() > 1e-3) == pooled
+
+
 def test_scan_and_unrolled_layers_agree(tiny):
   cfg, _, params, apply = tiny
   x, t, text = inputs(1, 3, 4, 6)

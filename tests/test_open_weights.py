@@ -156,6 +156,12 @@ def test_missing_or_mismatched_weights_are_one_line_config_errors(wan, tmp_path)
   c = wan_tiny.tiny_config(root)
   c.text.dim = 48
   assert "text_dim=32" in error(c)
+  c = wan_tiny.tiny_config(root)
+  c.dit.pooled_text = True
+  assert "dit.pooled_text=False" in error(c)
+  c = wan_tiny.tiny_config(root)
+  c.vae.resample_shortcuts = True
+  assert "resample_shortcuts" in error(c, weights.load_vae)
 
   # Tensors: a missing one and a left-over one are named, config.json agreeing.
   missing = _copy_with_transformer(root, str(tmp_path / "missing"),

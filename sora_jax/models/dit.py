@@ -265,17 +265,31 @@ class _TwoLayerMLP(nn.Module):
 
 
 class ConditionEmbedder(nn.Module):
-  """Shared time MLP (per frame, float32) and the text projection (Wan's condition_embedder)."""
+  """Shared time MLP (per frame, float32) and the text projection (Wan's condition_embedder).
+
+  pooled_text: also add an MLP of the pooled caption (masked mean of the text states,
+  RMS-normalised: a sentence embedding) to the time embedding, so every adaLN modulation
+  sees the caption as a whole (as PixArt / SD3 do with pooled text). Not in Wan 2.1.
+  """
   dim: int
   freq_dim: int
   dtype: Any
   param_dtype: Any
+  pooled_text: bool = False
 
   @nn.compact
-  def __call__(self, t_BF, text_BSD):
+  def __call__(self, t_BF, text_BSD, text_mask_BS=None):
     f32 = jnp.float32
     emb = timestep_embedding(t_BF * 1000.0, self.freq_dim)
     temb_BFD = _TwoLayerMLP(self.dim, nn.silu, f32, self.param_dtype, name="time_embedder")(emb)
+    if self.pooled_text:
+      m = (jnp.ones(text_BSD.shape[:2], f32) if text_mask_BS is None
+           else text_mask_BS.astype(f32))[..., None]
+      pooled_BD = jnp.sum(text_BSD.astype(f32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
+      pooled_BD = pooled_BD * jax.lax.rsqrt(jnp.mean(jnp.square(pooled_BD), -1, keepdims=True)
+                                            + 1e-6)
+      temb_BFD = temb_BFD + _TwoLayerMLP(self.dim, nn.silu, f32, self.param_dtype,
+                                         name="pooled_text_embedder")(pooled_BD)[:, None]
     mod = _dense(6 * self.dim, ("embed", "mlp"), f32, self.param_dtype, "time_proj",
                  nn.initializers.normal(0.02))(nn.silu(temb_BFD))
     mod_BF6D = mod.reshape(mod.shape[:2] + (6, self.dim))
@@ -304,6 +318,7 @@ class WanDiT(nn.Module):
   remat_policy: str = "none"
   attention: str = "xla"
   attention_block: int = 512
+  pooled_text: bool = False  # Pooled caption into the adaLN conditioning (not in Wan 2.1).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -344,8 +359,8 @@ class WanDiT(nn.Module):
     x = nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
 
     temb_BFD, mod_BF6D, text = ConditionEmbedder(
-        self.dim, self.freq_dim, self.dtype, self.param_dtype, name="condition_embedder")(
-            t_BF, text_BLD.astype(self.dtype))
+        self.dim, self.freq_dim, self.dtype, self.param_dtype, self.pooled_text,
+        name="condition_embedder")(t_BF, text_BLD.astype(self.dtype), text_mask_BL)
     text = nn.with_logical_constraint(text, ("batch", "text_tokens", "embed"))
     cos, sin = rope_tables(f, gh, gw, self.dim // self.num_heads, self.rope_theta)
 
@@ -392,7 +407,7 @@ def dit_from_config(cfg) -> WanDiT:
       freq_dim=d.freq_dim, qk_norm=d.qk_norm, cross_attn_norm=d.cross_attn_norm, eps=d.eps,
       dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
       remat_policy=d.remat_policy, attention=d.attention, attention_block=d.attention_block,
-      dtype=jnp.dtype(d.dtype),
+      pooled_text=bool(d.pooled_text), dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 

@@ -103,6 +103,9 @@ def check_transformer_config(cfg, hf: dict, where: str = "transformer/config.jso
   for theirs, value, ours, mine in checks:
     if value is not None and value != mine:
       raise _mismatch(where, f"{theirs}={value}", f"{ours}={mine}")
+  if d.pooled_text:
+    raise ConfigError(f"{where}: Wan 2.1 has no pooled-text conditioning; set "
+                      "dit.pooled_text=False")
 
 
 @contextlib.contextmanager
