@@ -9,6 +9,7 @@ from sora_jax.config_defaults import base_config
 def get_config(arg=None):
   del arg
   cfg = base_config()
+  cfg.data.num_train = 8000
   cfg.diffusion.caption_dropout = 0.1
   cfg.diffusion.cond_masks = 'none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1'
   cfg.diffusion.prediction = 'x0'
@@ -30,6 +31,7 @@ def get_config(arg=None):
   cfg.dit.num_layers = 6
   cfg.dit.param_dtype = 'float32'
   cfg.dit.patch_size = (1, 2, 2)
+  cfg.dit.pooled_text = True
   cfg.dit.qk_norm = True
   cfg.dit.remat_policy = 'none'
   cfg.dit.rope_theta = 10000.0
@@ -48,7 +50,7 @@ def get_config(arg=None):
   cfg.vae.latents_mean = ()
   cfg.vae.latents_std = ()
   cfg.vae.num_res_blocks = 1
-  cfg.vae.resample_shortcuts = False
+  cfg.vae.resample_shortcuts = True
   cfg.vae.temporal_downsample = (True, True)
-  cfg.vae.z_dim = 8
+  cfg.vae.z_dim = 16
   return cfg
