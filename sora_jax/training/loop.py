@@ -49,7 +49,11 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
       state, metrics = step_fn(state, batch)
       step += 1
       pending.append(metrics)
-      must_save = step % train_cfg.checkpoint_every == 0 or step == total or stop.requested
+      # Read the flag once: a signal landing later in this iteration (its handler runs
+      # between bytecodes, e.g. during device_get) is acted on next step, never half-way
+      # (which once reported a save it had skipped).
+      stopping = stop.requested
+      must_save = step % train_cfg.checkpoint_every == 0 or step == total or stopping
       if step % train_cfg.log_every == 0 or must_save:
         host = jax.device_get(pending)
         pending = []
@@ -64,9 +68,9 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
       if must_save:
         ckpt.maybe_save(step, state, data_iter.get_state(), force=True)
         last_good = step
-        if eval_fn is not None and not stop.requested:
+        if eval_fn is not None and not stopping:
           logger.log(step, eval_fn(state, step))
-      if stop.requested:
+      if stopping:
         print(f"[{tag}] stopped by signal at step {step}; checkpoint saved", flush=True)
         break
   finally:
