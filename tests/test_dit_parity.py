@@ -22,6 +22,7 @@ def _cfg(scan=True):
   cfg = base_config()
   cfg.dit.dim, cfg.dit.num_heads, cfg.dit.ffn_dim, cfg.dit.num_layers = 24, 2, 48, 2
   cfg.dit.freq_dim, cfg.dit.scan_layers = 32, scan
+  cfg.dit.pooled_text = False  # Wan 2.1 has no pooled-text path.
   cfg.vae.z_dim, cfg.text.dim = 4, 16
   return cfg
 
@@ -125,4 +126,5 @@ def test_scale_param_counts_equal_diffusers(kw, cfg_shape):
   cfg = base_config()
   cfg.dit.dim, cfg.dit.num_heads, cfg.dit.ffn_dim, cfg.dit.num_layers = cfg_shape
   cfg.vae.z_dim, cfg.text.dim = 16, 4096
+  cfg.dit.pooled_text = False
   assert dit.count_params(cfg) == sum(p.numel() for p in ref.parameters())
