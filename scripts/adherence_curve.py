@@ -18,7 +18,7 @@ import numpy as np
 from sora_jax import paths
 from sora_jax.eval import adherence
 from sora_jax.sampling.sample import VideoPipeline
-from sora_jax.training import checkpoint
+from sora_jax.training import checkpoint, metrics
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config the workdir was trained with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir.")
@@ -34,15 +34,10 @@ _OUT = flags.DEFINE_string("out", "", "Output path without extension (default WO
 
 def _elapsed_by_step(workdir: str) -> dict:
   """{step: training seconds} of the DiT run (mode 'train') from metrics.jsonl."""
-  out = {}
   path = os.path.join(workdir, "metrics.jsonl")
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        r = json.loads(line)
-        if r.get("mode") == "train" and "elapsed_s" in r:
-          out[int(r["step"])] = float(r["elapsed_s"])
-  return out
+  rows = metrics.read_jsonl(path) if os.path.exists(path) else []
+  return {int(r["step"]): float(r["elapsed_s"]) for r in rows
+          if r.get("mode") == "train" and "elapsed_s" in r}
 
 
 def _minutes(step: int, elapsed: dict):

@@ -23,6 +23,14 @@ def vae_ceiling(pipe, videos, specs, batch_size: int = 8) -> dict:
   return shapes_detector.adherence(recon, specs)
 
 
+def compare(pipe, samples, clips, specs, batch_size: int = 8) -> dict:
+  """{'model', 'vae_ceiling', 'ground_truth'}: detector adherence of the model's samples,
+  of the ground-truth clips after a VAE round trip, and of the clips themselves."""
+  return {"model": shapes_detector.adherence(samples, specs),
+          "vae_ceiling": vae_ceiling(pipe, clips, specs, batch_size),
+          "ground_truth": shapes_detector.adherence(clips, specs)}
+
+
 def score_model(pipe, num_prompts: int, frames: int, height: int, width: int, *, steps: int,
                 cfg_scale: float, seed: int = 0, batch_size: int = 8, solver: str = "euler",
                 two_object_fraction: float = 0.5) -> dict:
@@ -38,12 +46,11 @@ def score_model(pipe, num_prompts: int, frames: int, height: int, width: int, *,
     videos += list(pipe.run_task("t2v", chunk, list(range(seed + i, seed + i + len(chunk))),
                                  frames, height, width, steps=steps, cfg_scale=cfg_scale,
                                  solver=solver))
-  model = shapes_detector.adherence(videos, specs)
-  gt = shapes_detector.adherence([c["video"] for c in clips], specs)
-  ceiling = vae_ceiling(pipe, [c["video"] for c in clips], specs, batch_size)
-  ratio = model["match"] / gt["match"] if gt["match"] else None
+  figures = compare(pipe, videos, [c["video"] for c in clips], specs, batch_size)
+  gt = figures["ground_truth"]
+  ratio = figures["model"]["match"] / gt["match"] if gt["match"] else None
   per_prompt = [bool(shapes_detector.score(v, s)["match"]) for v, s in zip(videos, specs)]
-  return {"model": model, "vae_ceiling": ceiling, "ground_truth": gt, "ratio": ratio, "prompts": prompts,
+  return {**figures, "ratio": ratio, "prompts": prompts,
           "matches": per_prompt, "frames": frames, "height": height, "width": width,
           "steps": steps, "cfg_scale": cfg_scale, "seed": seed,
           "two_object_fraction": two_object_fraction,

@@ -19,7 +19,6 @@ from sora_jax import paths
 from sora_jax.config_check import parse_buckets
 from sora_jax.data import build as build_lib
 from sora_jax.eval import adherence, image_metrics
-from sora_jax.eval import shapes_detector
 from sora_jax.sampling.sample import VideoPipeline
 from sora_jax.training import train_vae
 
@@ -78,13 +77,12 @@ def adherence_figures(pipe: VideoPipeline, examples: list[dict], cfg) -> dict:
                                  [s.seed + i + j for j in range(len(chunk))], t, h, w,
                                  steps=e.steps, cfg_scale=e.cfg_scale, solver=s.solver))
   specs = [x["spec"] for x in examples]
-  model = shapes_detector.adherence(videos, specs)
-  truth = shapes_detector.adherence([x["video"] for x in examples], specs)
-  ceiling = adherence.vae_ceiling(pipe, [x["video"] for x in examples], specs, s.batch_size)
+  figures = adherence.compare(pipe, videos, [x["video"] for x in examples], specs,
+                             s.batch_size)
+  model, truth = figures["model"], figures["ground_truth"]
   ratio = {k: (model[k] / truth[k] if model.get(k) is not None and truth.get(k) else None)
            for k in truth if k != "n"}
-  return {"model": model, "vae_ceiling": ceiling, "ground_truth": truth, "ratio": ratio,
-          "frames": t, "height": h, "width": w}, videos
+  return {**figures, "ratio": ratio, "frames": t, "height": h, "width": w}, videos
 
 
 def run(cfg, workdir: str) -> None:
