@@ -127,8 +127,10 @@ def run(cfg, workdir: str) -> None:
   dtx = optim.make_optimizer(vt.lr, vt.warmup_steps, cfg.train.num_steps, 0.1, 0.0, 0.5, 0.9,
                              vt.grad_clip)
   t, h, w = parse_buckets(cfg.data.buckets)[0]
-  # With open weights (`config.weights`) training fine-tunes their VAE.
-  init_params = weights.load_vae(cfg) if cfg.weights else None
+  # With open weights (`config.weights`) training fine-tunes their VAE; a resumed run
+  # restores its checkpoint instead, so the weights are read only on the first start.
+  fresh = not checkpoint.all_steps(paths.vae_checkpoints(workdir))
+  init_params = weights.load_vae(cfg) if cfg.weights and fresh else None
   init_state, train_step = make_state_fns(cfg, vae, disc, tx, dtx, (1, t, h, w, 3), init_params)
 
   # The VAE is small: parameters replicated, batch split over data (+fsdp) devices.
