@@ -139,6 +139,9 @@ def check(cfg, mode: str) -> None:
   _one_of("diffusion.prediction", cfg.diffusion.prediction, ("x0", "v"))
   parse_weights(cfg.diffusion.cond_masks, COND_MASKS)
   d = cfg.diffusion
+  if not 0.0 < d.x0_loss_t_clip <= 1.0:
+    raise ConfigError(f"diffusion.x0_loss_t_clip={d.x0_loss_t_clip} must be in (0, 1] "
+                      "(0.05: velocity loss, 1: x0 MSE)")
   if d.t_std <= 0:
     raise ConfigError(f"diffusion.t_std={d.t_std} must be > 0 (logit-normal spread)")
   if d.shift <= 0:

@@ -106,6 +106,10 @@ def base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()
   cfg.diffusion.prediction = "x0"  # What the network outputs: 'x0' or 'v' (loss is on v).
+  # x0 prediction: the velocity error (x0_pred - x0) / t divides by max(t, this). 0.05 is
+  # the velocity loss (weight 1/t^2 on the x0 error); 1.0 is the plain x0 MSE (weight 1,
+  # which leaves the high-noise steps, where the caption decides the content, more weight).
+  cfg.diffusion.x0_loss_t_clip = 0.05
   cfg.diffusion.t_mean = 0.0  # Logit-normal timestep distribution.
   cfg.diffusion.t_std = 1.0  # Std of the logit-normal timestep distribution.
   # Base timestep shift (training t and the sampling schedule); scaled by

@@ -102,6 +102,25 @@ def test_loss_is_velocity_mse_over_free_frames():
   np.testing.assert_allclose(loss_x0, want_x0.mean(), rtol=1e-4)
 
 
+def test_x0_loss_t_clip_one_is_the_plain_x0_mse():
+  """t_clip = 1 (diffusion.x0_loss_t_clip) weighs the x0 error by 1 at every t; the default
+  clip weighs it by 1/t^2 (the velocity loss), so the two differ by exactly that factor."""
+  x0, eps, _ = _data()
+  t_B = jnp.array([0.2, 0.5, 0.8])
+  cond_BT = jnp.zeros(SHAPE[:2], bool)
+  x0_guess = x0 + 0.1 * eps
+  fn = lambda x, t, c: x0_guess
+  _, per_x0 = loss_lib.rf_loss(fn, x0, t_B, eps, cond_BT, "x0", t_clip=1.0)
+  _, per_v = loss_lib.rf_loss(fn, x0, t_B, eps, cond_BT, "x0")
+  mse = np.mean(np.square(np.asarray(x0_guess - x0)), axis=(1, 2, 3, 4))
+  np.testing.assert_allclose(per_x0, mse, rtol=1e-5)
+  np.testing.assert_allclose(per_v, mse / np.square(np.asarray(t_B)), rtol=1e-4)
+  cfg = base_config()
+  cfg.diffusion.x0_loss_t_clip = 0.0
+  with pytest.raises(config_check.ConfigError, match="x0_loss_t_clip"):
+    config_check.check(cfg, "train")
+
+
 def test_timesteps_logit_normal_with_resolution_shift():
   cfg = base_config().diffusion
   cfg.shift, cfg.shift_base_tokens, cfg.t_mean, cfg.t_std = 1.0, 256, 0.0, 1.0

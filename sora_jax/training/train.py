@@ -113,7 +113,7 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
       def model_fn(x_t, t_BT, c):
         return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
       loss, _ = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
-                                 cond=(emb, mask))
+                                 cond=(emb, mask), t_clip=cfg.diffusion.x0_loss_t_clip)
       return loss
 
     loss, grads = jax.value_and_grad(loss_fn)(state["params"])
