@@ -85,6 +85,30 @@ def test_adherence_curve_scores_every_checkpoint(workdir, tmp_path):
   assert os.path.getsize(out + ".png") > 0
 
 
+def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
+  import jax
+  from sora_jax.eval import caption_reliance
+  from sora_jax.models import dit as dit_lib
+  cfg = tiny_config()
+  r = caption_reliance.for_workdir(cfg, workdir, ts=(0.5, 1.0))
+  assert r["step"] == 4 and r["num_clips"] >= 2
+  assert all(np.isfinite(list(e.values())).all() for e in r["by_t"].values())
+  # A DiT with a live head uses its caption (ratio != 1); with both text paths cut off
+  # (projected tokens and pooled caption zeroed) it cannot, and the ratio is exactly 1.
+  batch = caption_reliance.validation_batch(cfg, workdir, 8)
+  params = dit_lib.dit_from_config(cfg).init(jax.random.key(1), *dit_lib.example_inputs(cfg))
+  params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(params["params"]))
+  params["proj_out"]["kernel"] = np.random.default_rng(0).normal(
+      size=params["proj_out"]["kernel"].shape).astype(np.float32)
+  live = caption_reliance.measure(cfg, params, batch, ts=(0.9,))["0.9"]
+  assert abs(live["ratio"] - 1.0) > 1e-3
+  for name in ("text_embedder", "pooled_text_embedder"):
+    mlp = params["condition_embedder"][name]["linear_2"]
+    mlp["kernel"], mlp["bias"] = np.zeros_like(mlp["kernel"]), np.zeros_like(mlp["bias"])
+  dead = caption_reliance.measure(cfg, params, batch, ts=(0.9,))["0.9"]
+  assert dead["right"] == dead["shuffled"] and dead["ratio"] == 1.0
+
+
 def test_dit_resume_is_exact(workdir, tmp_path):
   """4 steps straight == 2 steps, a restart, then 2 more (losses and parameters)."""
   other = str(tmp_path / "resumed")
