@@ -29,6 +29,8 @@ _FRAMES = flags.DEFINE_integer("frames", 17, "Frames of each sample (1+4k).")
 _HEIGHT = flags.DEFINE_integer("height", 32, "Sample height.")
 _WIDTH = flags.DEFINE_integer("width", 32, "Sample width.")
 _EMA = flags.DEFINE_bool("ema", True, "Score the EMA weights (else the raw ones).")
+_EVERY = flags.DEFINE_integer("every", 0, "Score only checkpoints whose step is a multiple of "
+                              "this (and the newest); 0 scores all.")
 _OUT = flags.DEFINE_string("out", "", "Output path without extension (default WORKDIR/adherence_curve).")
 
 
@@ -36,8 +38,7 @@ def _elapsed_by_step(workdir: str) -> dict:
   """{step: training seconds} of the DiT run (mode 'train') from metrics.jsonl."""
   path = os.path.join(workdir, "metrics.jsonl")
   rows = metrics.read_jsonl(path) if os.path.exists(path) else []
-  return {int(r["step"]): float(r["elapsed_s"]) for r in rows
-          if r.get("mode") == "train" and "elapsed_s" in r}
+  return metrics.training_seconds(rows, "train")
 
 
 def _minutes(step: int, elapsed: dict):
@@ -55,6 +56,8 @@ def main(argv):
   steps = checkpoint.all_steps(ckpt_dir)
   if not steps:
     raise SystemExit(f"no DiT checkpoints in {ckpt_dir}")
+  if _EVERY.value > 0:
+    steps = [s for s in steps if s % _EVERY.value == 0 or s == steps[-1]]
   elapsed = _elapsed_by_step(workdir)
   pipe = None
   rows = []

@@ -140,3 +140,12 @@ def test_sigterm_mid_iteration_is_acted_on_at_the_next_step(tmp_path, capsys, mo
   assert int(state["step"]) == 7
   assert "stopped by signal at step 7" in capsys.readouterr().out
   assert checkpoint.all_steps(os.path.join(wd, "ckpt")) == [4, 7]
+
+
+def test_training_seconds_chain_resumed_segments():
+  rows = [{"step": 50, "mode": "train", "elapsed_s": 10.0},
+          {"step": 60, "mode": "train_vae", "elapsed_s": 99.0},
+          {"step": 100, "mode": "train", "elapsed_s": 20.0},
+          {"step": 150, "mode": "train", "elapsed_s": 5.0},  # resumed: the clock restarts
+          {"step": 200, "mode": "train", "elapsed_s": 15.0}]
+  assert metrics.training_seconds(rows, "train") == {50: 10.0, 100: 20.0, 150: 25.0, 200: 35.0}

@@ -72,3 +72,21 @@ def _fmt(seconds: float) -> str:
 def read_jsonl(path: str) -> list[dict]:
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def training_seconds(rows: list[dict], mode: str) -> dict[int, float]:
+  """{step: seconds of training up to it} for `mode`'s rows of a metrics.jsonl.
+
+  `elapsed_s` restarts at 0 in every run segment (each resume); the segments are chained,
+  so the figure is time spent training, without the pauses between segments.
+  """
+  out, offset, last = {}, 0.0, 0.0
+  for r in rows:
+    if r.get("mode") != mode or "elapsed_s" not in r:
+      continue
+    e = float(r["elapsed_s"])
+    if e < last:
+      offset += last
+    last = e
+    out[int(r["step"])] = offset + e
+  return out
