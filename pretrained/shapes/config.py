@@ -9,15 +9,17 @@ from sora_jax.config_defaults import base_config
 def get_config(arg=None):
   del arg
   cfg = base_config()
+  cfg.data.data_dir = 'workdir/exp/data'
   cfg.data.num_train = 8000
   cfg.diffusion.caption_dropout = 0.1
   cfg.diffusion.cond_masks = 'none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1'
   cfg.diffusion.prediction = 'x0'
-  cfg.diffusion.shift = 1.0
+  cfg.diffusion.shift = 3.0
   cfg.diffusion.shift_base_tokens = 80
   cfg.diffusion.shift_resolution_dependent = True
   cfg.diffusion.t_mean = 0.0
   cfg.diffusion.t_std = 1.0
+  cfg.diffusion.x0_loss_t_clip = 1.0
   cfg.dit.attention = 'xla'
   cfg.dit.attention_block = 512
   cfg.dit.cross_attn_norm = True
@@ -42,6 +44,9 @@ def get_config(arg=None):
   cfg.text.encoder = 'minilm'
   cfg.text.max_length = 32
   cfg.text.path = ''
+  cfg.train.checkpoint_every = 1000
+  cfg.train.keep_checkpoints = 20
+  cfg.train.num_steps = 7500
   cfg.vae.attn_scales = ()
   cfg.vae.base_dim = 16
   cfg.vae.chunk_frames = 4
