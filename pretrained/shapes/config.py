@@ -9,7 +9,6 @@ from sora_jax.config_defaults import base_config
 def get_config(arg=None):
   del arg
   cfg = base_config()
-  cfg.data.data_dir = 'workdir/exp/data'
   cfg.data.num_train = 8000
   cfg.diffusion.caption_dropout = 0.1
   cfg.diffusion.cond_masks = 'none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1'
