@@ -86,6 +86,7 @@ def test_adherence_curve_scores_every_checkpoint(workdir, tmp_path):
 
 
 def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
+  import flax.linen as nn
   import jax
   from sora_jax.eval import caption_reliance
   from sora_jax.models import dit as dit_lib
@@ -97,7 +98,7 @@ def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
   # (projected tokens and pooled caption zeroed) it cannot, and the ratio is exactly 1.
   batch = caption_reliance.validation_batch(cfg, workdir, 8)
   params = dit_lib.dit_from_config(cfg).init(jax.random.key(1), *dit_lib.example_inputs(cfg))
-  params = jax.tree.map(np.asarray, __import__("flax").linen.unbox(params["params"]))
+  params = jax.tree.map(np.asarray, nn.unbox(params["params"]))
   params["proj_out"]["kernel"] = np.random.default_rng(0).normal(
       size=params["proj_out"]["kernel"].shape).astype(np.float32)
   live = caption_reliance.measure(cfg, params, batch, ts=(0.9,))["0.9"]
