@@ -51,6 +51,12 @@ def parse_buckets(spec: str) -> list[tuple[int, int, int]]:
   return out
 
 
+def init_from_dir(path: str) -> str:
+  """train.init_from (a workdir or its checkpoints/ folder) -> the DiT checkpoints folder."""
+  sub = os.path.join(path, "checkpoints")
+  return sub if os.path.isdir(sub) else path
+
+
 def parse_bucket_weights(spec: str, num_buckets: int) -> list[float] | None:
   """data.bucket_weights '3,1' -> [0.75, 0.25] (one per data.buckets entry); '' -> None."""
   if not spec.strip():
@@ -159,6 +165,14 @@ def check(cfg, mode: str) -> None:
   if cfg.weights and not os.path.isdir(cfg.weights):
     raise ConfigError(f"weights={cfg.weights!r} is not a folder; download a Wan 2.1 diffusers "
                       "folder first (docs/open_weights.md)")
+  if cfg.train.init_from:
+    if cfg.weights:
+      raise ConfigError(f"train.init_from={cfg.train.init_from!r} and weights={cfg.weights!r} "
+                        "both give the DiT's starting weights: set only one")
+    if mode == "train" and not os.path.isdir(init_from_dir(cfg.train.init_from)):
+      raise ConfigError(f"train.init_from={cfg.train.init_from!r} has no DiT checkpoints "
+                        f"folder ({init_from_dir(cfg.train.init_from)}): give a sora_jax "
+                        "workdir, e.g. pretrained/shapes")
   if cfg.train.lora_rank < 0 or cfg.train.lora_alpha <= 0:
     raise ConfigError(f"train.lora_rank={cfg.train.lora_rank} must be >= 0 (0: no LoRA) and "
                       f"train.lora_alpha={cfg.train.lora_alpha} > 0")

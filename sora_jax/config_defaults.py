@@ -140,6 +140,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.train.lora_rank = 0  # >0: train only LoRA adapters of rank r on a loaded base (needs `weights`).
   cfg.train.lora_alpha = 16.0  # LoRA scale: the kernel delta is (lora_alpha / lora_rank) A @ B.
   cfg.train.lora_targets = "q,k,v,o"  # Adapted block kernels: q, k, v, o (self+cross attention), ffn.
+  # Warm start: a sora_jax workdir (or its checkpoints/ folder) whose newest DiT checkpoint's
+  # EMA weights start this run at step 0 with a fresh optimizer (e.g. pretrained/shapes).
+  # Same dit.* shapes needed; a resumed run reads its own checkpoint, not this.
+  cfg.train.init_from = ""
   cfg.train.tensorboard = True  # Also write TensorBoard event files under WORKDIR/tensorboard.
 
   # ---------------------------------------------------------------- sampling

@@ -24,6 +24,7 @@ def _run(*args):
     (["--mode=sample", "--config.sample.task=i2v"], "sample.image"),
     (["--config.data.buckets=17x32"], "FRAMESxHEIGHTxWIDTH"),
     (["--config.dit.attention=flashy"], "blockwise"),
+    (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
 ])
 def test_bad_input_is_one_clear_line(args, expect):
   r = _run(*args)

@@ -130,6 +130,39 @@ def test_dit_resume_is_exact(workdir, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_init_from_warm_starts_from_a_workdirs_ema(workdir):
+  """train.init_from: the new run's params and EMA are the source's EMA, at step 0, sharded
+  over a data=2 x fsdp=2 mesh; a DiT of other shapes is refused with the reason."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
+  from sora_jax.models import weights  # pylint: disable=g-import-not-at-top
+  from sora_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import train  # pylint: disable=g-import-not-at-top
+
+  def trainer(cfg):
+    info = encode.read_info(cfg, workdir)
+    mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:4])
+    return train.Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
+                         (4, *info["latent_shapes"][0], info["z_dim"]), info["text_len"],
+                         mesh=mesh)
+
+  cfg = tiny_config()
+  cfg.mesh.data, cfg.mesh.fsdp = 2, 2
+  cfg.train.init_from = workdir
+  state = trainer(cfg).init_state()
+  source, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints"), use_ema=True)
+  assert int(state["step"]) == 0
+  for key in ("params", "ema"):
+    got = jax_leaves(state[key])
+    assert len(got) == len(jax_leaves(source))
+    for x, y in zip(got, jax_leaves(source)):
+      np.testing.assert_array_equal(np.asarray(x), y)
+  cfg.dit.ffn_dim = 48
+  with pytest.raises(ConfigError, match="does not fit this config's DiT"):
+    trainer(cfg).init_state()
+
+
 def jax_leaves(tree):
   import jax  # pylint: disable=g-import-not-at-top
   return jax.tree.leaves(tree)

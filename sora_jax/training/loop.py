@@ -31,7 +31,7 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
   restored = ckpt.restore(abstract_state)
   if restored is None:
     state, step = init_state(), 0
-    print(f"[{tag}] starting from scratch ({ckpt_dir})", flush=True)
+    print(f"[{tag}] starting at step 0 (no checkpoint in {ckpt_dir})", flush=True)
   else:
     state, data_state, step = restored
     if data_state is not None:

@@ -9,6 +9,9 @@ mask (conditioned latent frames stay clean, t = 0), and minimise the velocity MS
 The step is `jax.jit` with explicit in/out shardings from the config's logical rules and
 a donated state; parameters are born sharded.
 
+Warm start (`train.init_from`, a sora_jax workdir): the DiT starts from that workdir's
+newest EMA weights, with a fresh optimizer and step 0.
+
 Fine-tuning open weights (`config.weights`, e.g. Wan 2.1): the DiT starts from the loaded
 parameters (each host reads its own shards), and with `train.lora_rank > 0` only LoRA
 adapters train (`sora_jax.training.lora`): the state and its checkpoints hold adapters,
@@ -25,14 +28,14 @@ import numpy as np
 import optax
 
 from sora_jax import paths
-from sora_jax.config_check import COND_MASKS, ConfigError, parse_weights
+from sora_jax.config_check import COND_MASKS, ConfigError, init_from_dir, parse_weights
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
 from sora_jax.diffusion import schedules
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import weights
 from sora_jax.parallel import mesh as mesh_lib
-from sora_jax.training import lora, loop, optim
+from sora_jax.training import checkpoint, lora, loop, optim
 
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
 
@@ -127,6 +130,30 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
   return init_state, train_step
 
 
+def load_init_from(cfg, mesh, rules) -> dict:
+  """train.init_from's newest DiT checkpoint (EMA weights), checked against dit.* and
+  sharded over `mesh` by the logical rules."""
+  directory = init_from_dir(cfg.train.init_from)
+  params, step = checkpoint.load_params(directory, use_ema=True)
+  want = nn.unbox(dit_lib.param_shapes(cfg))
+  got_paths = {jax.tree_util.keystr(p): np.shape(x)
+               for p, x in jax.tree_util.tree_leaves_with_path(params)}
+  want_paths = {jax.tree_util.keystr(p): tuple(x.shape)
+                for p, x in jax.tree_util.tree_leaves_with_path(want)}
+  if got_paths != want_paths:
+    diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:4]
+    raise ConfigError(f"train.init_from={cfg.train.init_from!r} (step {step}) does not fit "
+                      f"this config's DiT (first differences, name and shape: {diff}); set "
+                      "dit.* to the shapes it was trained with (its config.py)")
+  shardings = nn.unbox(mesh_lib.logical_sharding(dit_lib.param_shapes(cfg), mesh, rules))
+  dtype = jnp.dtype(cfg.dit.param_dtype)
+  print(f"[train] train.init_from: DiT EMA weights of step {step} in {directory}", flush=True)
+  return jax.tree.map(
+      lambda x, s: jax.make_array_from_callback(np.shape(x), s,
+                                                lambda idx: np.asarray(x[idx], dtype)),
+      params, shardings)
+
+
 class Trainer:
   """Builds the mesh, sharded state and jitted step for a config (shared with benchmark/tests).
 
@@ -152,7 +179,7 @@ class Trainer:
     init_state, step = make_fns(cfg, self.dit, self.tx, latent_stats, null_text, sample_shape,
                                 text_len)
     self.lora = cfg.train.lora_rank > 0
-    self.from_base = bool(cfg.weights) or base_params is not None
+    self.from_base = bool(cfg.weights or cfg.train.init_from) or base_params is not None
     if self.lora and not self.from_base:
       raise ConfigError("train.lora_rank > 0 adapts a loaded model: set --config.weights=FOLDER "
                         "(docs/open_weights.md), or train.lora_rank=0 to train from scratch")
@@ -170,9 +197,13 @@ class Trainer:
     self._step = jax.jit(step, donate_argnums=0, out_shardings=(self.state_sharding, rep))
 
   def base_params(self):
-    """The loaded DiT (config.weights), sharded by this mesh's rules; None without one."""
+    """The loaded DiT (config.weights or train.init_from), sharded by this mesh's rules; None
+    without one."""
     if self._base is None and self.from_base:
-      self._base = weights.load_dit(self.cfg, self.mesh, self.rules)
+      if self.cfg.train.init_from:
+        self._base = load_init_from(self.cfg, self.mesh, self.rules)
+      else:
+        self._base = weights.load_dit(self.cfg, self.mesh, self.rules)
     return self._base
 
   def context(self):
