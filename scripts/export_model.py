@@ -29,6 +29,9 @@ _DIT_EMA = flags.DEFINE_bool("dit_ema", True, "Export the DiT's EMA weights (els
 # Sections that define the trained networks: written out in full, so a shipped model
 # keeps loading when the project's defaults change later.
 PINNED_SECTIONS = ("vae", "dit", "text", "diffusion")
+# Paths of the training machine: written as comments (the record of how it was trained),
+# not as settings, so the exported workdir never points at folders a fresh clone lacks.
+MACHINE_PATHS = (("data", "data_dir"), ("train", "init_from"))
 
 
 def config_source(cfg) -> str:
@@ -39,7 +42,10 @@ def config_source(cfg) -> str:
   for section, values in cfg.to_dict().items():
     if isinstance(values, dict):
       for k, v in values.items():
-        if section in PINNED_SECTIONS or base[section].get(k) != v:
+        if (section, k) in MACHINE_PATHS:
+          if v:
+            lines.append(f"  # trained with cfg.{section}.{k} = {v!r} (a training-machine path)")
+        elif section in PINNED_SECTIONS or base[section].get(k) != v:
           lines.append(f"  cfg.{section}.{k} = {v!r}")
     elif base.get(section) != values:
       lines.append(f"  cfg.{section} = {values!r}")

@@ -20,3 +20,16 @@ def test_config_source_round_trips_and_pins_the_model():
   # Model sections are written in full (survive later default changes); others only if changed.
   assert "cfg.vae.base_dim = 16" in src and "cfg.dit.dim = 192" in src
   assert "cfg.data.num_train = 8000" in src and "cfg.data.batch_size" not in src
+
+
+def test_training_machine_paths_become_comments():
+  cfg = base_config()
+  cfg.data.data_dir = "workdir/exp/data"
+  cfg.train.init_from = "pretrained/shapes"
+  src = export_model.config_source(cfg)
+  assert "# trained with cfg.data.data_dir = 'workdir/exp/data'" in src
+  assert "# trained with cfg.train.init_from = 'pretrained/shapes'" in src
+  ns = {}
+  exec(src, ns)  # pylint: disable=exec-used
+  got = ns["get_config"]()
+  assert got.data.data_dir == "" and got.train.init_from == ""
