@@ -31,6 +31,10 @@ _WIDTH = flags.DEFINE_integer("width", 32, "Sample width.")
 _EMA = flags.DEFINE_bool("ema", True, "Score the EMA weights (else the raw ones).")
 _EVERY = flags.DEFINE_integer("every", 0, "Score only checkpoints whose step is a multiple of "
                               "this (and the newest); 0 scores all.")
+_CONTINUES = flags.DEFINE_string(
+    "continues", "", "The curve JSON of the run this one was warm-started from "
+    "(train.init_from): its rows come first and this run's steps and minutes count on from "
+    "its last row, so the curve covers the whole training history.")
 _OUT = flags.DEFINE_string("out", "", "Output path without extension (default WORKDIR/adherence_curve).")
 
 
@@ -60,7 +64,13 @@ def main(argv):
     steps = [s for s in steps if s % _EVERY.value == 0 or s == steps[-1]]
   elapsed = _elapsed_by_step(workdir)
   pipe = None
-  rows = []
+  rows, step0, minutes0 = [], 0, 0.0
+  if _CONTINUES.value:
+    with open(_CONTINUES.value) as f:
+      earlier = json.load(f)
+    rows = [{**r, "stage": r.get("stage", 0)} for r in earlier["rows"]]
+    step0, minutes0 = rows[-1]["step"], rows[-1]["minutes"] or 0.0
+  stage = rows[-1]["stage"] + 1 if rows else 0
   for step in steps:
     params, _ = checkpoint.load_params(ckpt_dir, _EMA.value, step=step)
     if pipe is None:
@@ -69,17 +79,19 @@ def main(argv):
     r = adherence.score_model(pipe, _NUM.value, _FRAMES.value, _HEIGHT.value, _WIDTH.value,
                               steps=_STEPS.value,
                               cfg_scale=_CFG.value, seed=0)
-    row = {"step": step, "minutes": _minutes(step, elapsed), "model": r["model"],
+    minutes = _minutes(step, elapsed)
+    row = {"step": step0 + step, "stage": stage, "stage_step": step,
+           "minutes": None if minutes is None else minutes0 + minutes, "model": r["model"],
            "vae_ceiling": r["vae_ceiling"], "ground_truth": r["ground_truth"],
            "ratio": r["ratio"]}
     rows.append(row)
-    print(f"step {step:6d}  {row['minutes'] or 0:6.1f} min  match {r['model']['match']:.3f} "
+    print(f"step {row['step']:6d}  {row['minutes'] or 0:6.1f} min  match {r['model']['match']:.3f} "
           f"(VAE round trip {r['vae_ceiling']['match']:.3f}, ground truth "
           f"{r['ground_truth']['match']:.3f})  colour {r['model']['color']:.2f} shape "
           f"{r['model']['shape']:.2f} motion {r['model']['motion']:.2f}", flush=True)
   out = _OUT.value or os.path.join(workdir, "adherence_curve")
   with open(out + ".json", "w") as f:
-    json.dump({"workdir": workdir, "ema": _EMA.value, "num_prompts": _NUM.value,
+    json.dump({"workdir": workdir, "continues": _CONTINUES.value, "ema": _EMA.value, "num_prompts": _NUM.value,
                "sample_steps": _STEPS.value, "cfg_scale": _CFG.value, "rows": rows}, f, indent=1)
   _plot(rows, out + ".png")
   print(f"wrote {out}.json and {out}.png")
@@ -94,6 +106,9 @@ def _plot(rows, path):
   for key, style in (("match", "-o"), ("color", "--"), ("shape", "--"), ("motion", "--")):
     ax.plot(x, [r["model"][key] for r in rows], style, label=f"model {key}")
   ax.plot(x, [r["vae_ceiling"]["match"] for r in rows], ":", label="VAE round-trip match")
+  for prev, r, xr in zip(rows, rows[1:], x[:-1]):  # a warm start (--continues) begins a stage
+    if r.get("stage", 0) != prev.get("stage", 0):
+      ax.axvline(xr, color="grey", lw=0.8, alpha=0.6)
   ax.set_xlabel("DiT training minutes" if rows[0]["minutes"] is not None else "step")
   ax.set_ylabel("rate")
   ax.set_ylim(0, 1.02)

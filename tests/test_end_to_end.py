@@ -71,18 +71,29 @@ def test_training_writes_metrics_and_checkpoints(workdir):
   assert step == 4
 
 
-def test_adherence_curve_scores_every_checkpoint(workdir, tmp_path):
-  out = str(tmp_path / "curve")
+def _curve(workdir, out, *args):
   r = subprocess.run([sys.executable, "scripts/adherence_curve.py", "--config=configs/shapes_tiny.py",
                       f"--workdir={workdir}", *TINY, "--num_prompts=1", "--steps=2", "--frames=9",
-                      "--height=16", "--width=16", f"--out={out}"],
+                      "--height=16", "--width=16", f"--out={out}", *args],
                      capture_output=True, text=True, timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
   with open(out + ".json") as f:
-    rows = json.load(f)["rows"]
-  assert [row["step"] for row in rows] == checkpoint.all_steps(os.path.join(workdir, "checkpoints"))
+    return json.load(f)["rows"]
+
+
+def test_adherence_curve_scores_every_checkpoint(workdir, tmp_path):
+  out = str(tmp_path / "curve")
+  rows = _curve(workdir, out)
+  steps = checkpoint.all_steps(os.path.join(workdir, "checkpoints"))
+  assert [row["step"] for row in rows] == steps
   assert all(row["minutes"] is not None and row["vae_ceiling"]["n"] == 1 for row in rows)
   assert os.path.getsize(out + ".png") > 0
+  # A warm-started run's curve continues the earlier one: its steps and minutes count on.
+  more = _curve(workdir, str(tmp_path / "more"), f"--continues={out}.json", f"--every={steps[-1]}")
+  assert more[:len(rows)] == [{**r, "stage": 0} for r in rows]
+  last = more[-1]
+  assert (last["stage"], last["stage_step"], last["step"]) == (1, steps[-1], 2 * steps[-1])
+  assert last["minutes"] > rows[-1]["minutes"]
 
 
 def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
