@@ -91,8 +91,8 @@ def main(argv):
           f"{r['model']['shape']:.2f} motion {r['model']['motion']:.2f}", flush=True)
   out = _OUT.value or os.path.join(workdir, "adherence_curve")
   with open(out + ".json", "w") as f:
-    json.dump({"workdir": workdir, "continues": _CONTINUES.value, "ema": _EMA.value, "num_prompts": _NUM.value,
-               "sample_steps": _STEPS.value, "cfg_scale": _CFG.value, "rows": rows}, f, indent=1)
+    json.dump({"workdir": workdir, "continues": _CONTINUES.value, "ema": _EMA.value,
+               "num_prompts": _NUM.value, "sample_steps": _STEPS.value, "cfg_scale": _CFG.value, "rows": rows}, f, indent=1)
   _plot(rows, out + ".png")
   print(f"wrote {out}.json and {out}.png")
 

@@ -135,7 +135,8 @@ def load_init_from(cfg, mesh, rules) -> dict:
   sharded over `mesh` by the logical rules."""
   directory = init_from_dir(cfg.train.init_from)
   params, step = checkpoint.load_params(directory, use_ema=True)
-  want = nn.unbox(dit_lib.param_shapes(cfg))
+  boxed = dit_lib.param_shapes(cfg)
+  want = nn.unbox(boxed)
   got_paths = {jax.tree_util.keystr(p): np.shape(x)
                for p, x in jax.tree_util.tree_leaves_with_path(params)}
   want_paths = {jax.tree_util.keystr(p): tuple(x.shape)
@@ -145,7 +146,7 @@ def load_init_from(cfg, mesh, rules) -> dict:
     raise ConfigError(f"train.init_from={cfg.train.init_from!r} (step {step}) does not fit "
                       f"this config's DiT (first differences, name and shape: {diff}); set "
                       "dit.* to the shapes it was trained with (its config.py)")
-  shardings = nn.unbox(mesh_lib.logical_sharding(dit_lib.param_shapes(cfg), mesh, rules))
+  shardings = nn.unbox(mesh_lib.logical_sharding(boxed, mesh, rules))
   dtype = jnp.dtype(cfg.dit.param_dtype)
   print(f"[train] train.init_from: DiT EMA weights of step {step} in {directory}", flush=True)
   return jax.tree.map(
