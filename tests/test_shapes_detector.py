@@ -27,6 +27,23 @@ def test_ground_truth_two_objects_mostly_match():
   assert summary["match"] >= 0.9, summary  # occlusion costs a few per cent
 
 
+def test_match_split_by_object_count():
+  """'match_one_object' / 'match_two_objects' are the match rates over those clips alone:
+  blanking the two-object clips zeroes that rate and leaves the single-object one."""
+  clips = [sw.generate_clip(s, 17, 32, 32, 0.5) for s in range(2000, 2024)]
+  specs = [c["spec"] for c in clips]
+  two = [len(s["objects"]) == 2 for s in specs]
+  assert 0 < sum(two) < len(two)
+  videos = [np.zeros_like(c["video"]) if t else c["video"] for c, t in zip(clips, two)]
+  summary = sd.adherence(videos, specs)
+  assert summary["n_two_objects"] == sum(two) and summary["n_one_object"] == len(two) - sum(two)
+  assert summary["match_two_objects"] == 0.0 and summary["match_one_object"] >= 0.9
+  assert summary["match"] == pytest.approx(summary["match_one_object"] * summary["n_one_object"] / len(two))
+  only_one = sd.adherence([c["video"] for c, t in zip(clips, two) if not t],
+                          [s for s, t in zip(specs, two) if not t])
+  assert only_one["match_two_objects"] is None and only_one["n_two_objects"] == 0
+
+
 def _box_blur(video_THWC):
   x = np.pad(video_THWC.astype(np.float32), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
   H, W = video_THWC.shape[1:3]

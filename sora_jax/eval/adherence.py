@@ -10,6 +10,8 @@ import numpy as np
 from sora_jax.data import shapes_world
 from sora_jax.eval import shapes_detector
 
+_FAILURES = ("count", "color", "shape", "size", "motion", "position", "permanence")
+
 
 def vae_ceiling(pipe, videos, specs, batch_size: int = 8) -> dict:
   """Adherence of ground-truth clips after a VAE round trip (encode, decode).
@@ -49,9 +51,12 @@ def score_model(pipe, num_prompts: int, frames: int, height: int, width: int, *,
   figures = compare(pipe, videos, [c["video"] for c in clips], specs, batch_size)
   gt = figures["ground_truth"]
   ratio = figures["model"]["match"] / gt["match"] if gt["match"] else None
-  per_prompt = [bool(shapes_detector.score(v, s)["match"]) for v, s in zip(videos, specs)]
+  scores = [shapes_detector.score(v, s) for v, s in zip(videos, specs)]
+  per_prompt = [bool(s["match"]) for s in scores]
+  # What each prompt got wrong ('count', 'shape', 'permanence', ...): where a model fails.
+  failed = [[a for a in _FAILURES if s[a] is False] for s in scores]
   return {**figures, "ratio": ratio, "prompts": prompts,
-          "matches": per_prompt, "frames": frames, "height": height, "width": width,
+          "matches": per_prompt, "failed": failed, "frames": frames, "height": height, "width": width,
           "steps": steps, "cfg_scale": cfg_scale, "seed": seed,
           "two_object_fraction": two_object_fraction,
           "mean_pixels": [float(v.mean()) for v in videos]}

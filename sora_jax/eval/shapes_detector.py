@@ -354,10 +354,17 @@ def score(video_THWC: np.ndarray, spec, objects: list[dict] | None = None) -> di
 def adherence(videos, specs) -> dict:
   """Summary over clips: 'match' rate, per-attribute rates ('color', 'shape', 'size',
   'motion', 'position', 'permanence', 'count', 'background'; each over the clips that name
-  it, None where none does) and 'n'. `videos`: iterable of uint8 (T, H, W, 3)."""
+  it, None where none does), 'match_one_object' / 'match_two_objects' (the match rate over
+  the clips naming one / two objects; None where there are none) and 'n', 'n_one_object',
+  'n_two_objects'. `videos`: iterable of uint8 (T, H, W, 3)."""
+  specs = [_as_spec(s) for s in specs]
   scores = [score(v, s) for v, s in zip(videos, specs, strict=True)]
   out = {"n": len(scores)}
   for key in ("match", "count") + _ATTRIBUTES + ("permanence", "background"):
     vals = [s[key] for s in scores if s[key] is not None]
     out[key] = float(np.mean(vals)) if vals else None
+  for k, name in ((1, "one_object"), (2, "two_objects")):
+    vals = [s["match"] for s, sp in zip(scores, specs) if len(sp["objects"]) == k]
+    out[f"match_{name}"] = float(np.mean(vals)) if vals else None
+    out[f"n_{name}"] = len(vals)
   return out
