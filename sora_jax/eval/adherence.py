@@ -10,8 +10,6 @@ import numpy as np
 from sora_jax.data import shapes_world
 from sora_jax.eval import shapes_detector
 
-_FAILURES = ("count", "color", "shape", "size", "motion", "position", "permanence")
-
 
 def vae_ceiling(pipe, videos, specs, batch_size: int = 8) -> dict:
   """Adherence of ground-truth clips after a VAE round trip (encode, decode).
@@ -25,10 +23,13 @@ def vae_ceiling(pipe, videos, specs, batch_size: int = 8) -> dict:
   return shapes_detector.adherence(recon, specs)
 
 
-def compare(pipe, samples, clips, specs, batch_size: int = 8) -> dict:
+def compare(pipe, samples, clips, specs, batch_size: int = 8, scores=None) -> dict:
   """{'model', 'vae_ceiling', 'ground_truth'}: detector adherence of the model's samples,
-  of the ground-truth clips after a VAE round trip, and of the clips themselves."""
-  return {"model": shapes_detector.adherence(samples, specs),
+  of the ground-truth clips after a VAE round trip, and of the clips themselves.
+  `scores`: the samples' `shapes_detector.score` results, where the caller has them."""
+  model = (shapes_detector.adherence(samples, specs) if scores is None
+           else shapes_detector.summarize(scores, specs))
+  return {"model": model,
           "vae_ceiling": vae_ceiling(pipe, clips, specs, batch_size),
           "ground_truth": shapes_detector.adherence(clips, specs)}
 
@@ -48,13 +49,13 @@ def score_model(pipe, num_prompts: int, frames: int, height: int, width: int, *,
     videos += list(pipe.run_task("t2v", chunk, list(range(seed + i, seed + i + len(chunk))),
                                  frames, height, width, steps=steps, cfg_scale=cfg_scale,
                                  solver=solver))
-  figures = compare(pipe, videos, [c["video"] for c in clips], specs, batch_size)
+  scores = [shapes_detector.score(v, s) for v, s in zip(videos, specs)]
+  figures = compare(pipe, videos, [c["video"] for c in clips], specs, batch_size, scores)
   gt = figures["ground_truth"]
   ratio = figures["model"]["match"] / gt["match"] if gt["match"] else None
-  scores = [shapes_detector.score(v, s) for v, s in zip(videos, specs)]
   per_prompt = [bool(s["match"]) for s in scores]
   # What each prompt got wrong ('count', 'shape', 'permanence', ...): where a model fails.
-  failed = [[a for a in _FAILURES if s[a] is False] for s in scores]
+  failed = [shapes_detector.failures(s) for s in scores]
   return {**figures, "ratio": ratio, "prompts": prompts,
           "matches": per_prompt, "failed": failed, "frames": frames, "height": height, "width": width,
           "steps": steps, "cfg_scale": cfg_scale, "seed": seed,

@@ -304,6 +304,8 @@ def detect(video_THWC: np.ndarray) -> list[dict]:
 # ---------------------------------------------------------------- scoring
 
 _ATTRIBUTES = ("color", "shape", "size", "motion", "position")
+# What a match needs, in report order: each is True, False or None (not named) in `score`.
+CHECKS = ("count",) + _ATTRIBUTES + ("permanence",)
 
 
 def _as_spec(spec) -> dict:
@@ -357,10 +359,22 @@ def adherence(videos, specs) -> dict:
   it, None where none does), 'match_one_object' / 'match_two_objects' (the match rate over
   the clips naming one / two objects; None where there are none) and 'n', 'n_one_object',
   'n_two_objects'. `videos`: iterable of uint8 (T, H, W, 3)."""
+  specs = list(specs)
+  return summarize([score(v, s) for v, s in zip(videos, specs, strict=True)], specs)
+
+
+def failures(result: dict) -> list[str]:
+  """The checks (`CHECKS`) a `score` result failed, in that order; [] when it matched."""
+  return [a for a in CHECKS if result[a] is False]
+
+
+def summarize(scores: list[dict], specs) -> dict:
+  """`adherence` of already computed `score` results (one per spec, in order)."""
   specs = [_as_spec(s) for s in specs]
-  scores = [score(v, s) for v, s in zip(videos, specs, strict=True)]
+  if len(scores) != len(specs):
+    raise ValueError(f"{len(scores)} scores for {len(specs)} specs: give one score per spec")
   out = {"n": len(scores)}
-  for key in ("match", "count") + _ATTRIBUTES + ("permanence", "background"):
+  for key in ("match",) + CHECKS + ("background",):
     vals = [s[key] for s in scores if s[key] is not None]
     out[key] = float(np.mean(vals)) if vals else None
   for k, name in ((1, "one_object"), (2, "two_objects")):
