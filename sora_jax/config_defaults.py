@@ -54,6 +54,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Parameter-free average-down / repeat-up paths around every resample (Wan 2.2 style):
   # much faster VAE training; Wan 2.1 weights need False (configs/wan2_1_t2v_1_3b.py).
   cfg.vae.resample_shortcuts = True
+  # Initial posterior log-variance (bias of the encoder's last 1x1 conv). 0 makes the
+  # training latent mean + N(0, 1) noise at the start; with a tiny KL weight the encoder
+  # must first learn to shrink it, and the decoder trains on noisy latents meanwhile.
+  # -6 (std 0.05): +1.3 dB validation PSNR at 500 steps, +0.4 dB at 1000 (README).
+  cfg.vae.logvar_init = -6.0
 
   cfg.vae_train = C()
   cfg.vae_train.lr = 1e-3  # Peak AdamW learning rate of the VAE.

@@ -44,6 +44,14 @@ def _dense_init(init, ndim):
 _BIAS_INIT = nn.with_logical_partitioning(nn.initializers.zeros_init(), (_CH,))
 
 
+def _posterior_bias_init(z_dim: int, logvar: float) -> Callable:
+  """Bias of `quant_conv` (mean channels, then log-variance channels): 0 and `logvar`."""
+  def init(key, shape, dtype=jnp.float32):
+    del key
+    return jnp.concatenate([jnp.zeros((z_dim,), dtype), jnp.full((shape[0] - z_dim,), logvar, dtype)])
+  return init
+
+
 def _upsample_time_init(key, shape, dtype=jnp.float32):
   """(3, 1, 1, C, 2C) kernel that copies the current frame into both output frames.
 
@@ -87,13 +95,15 @@ class CausalConv3d(nn.Module):
   kernel_size: tuple[int, int, int] = (3, 3, 3)
   stride_t: int = 1
   kernel_init: Callable = nn.initializers.lecun_normal()
+  bias_init: Callable = nn.initializers.zeros_init()
 
   @nn.compact
   def __call__(self, x_BTHWC: jax.Array, past_BPHWC: jax.Array | None = None):
     kt, kh, kw = self.kernel_size
     kernel = self.param("kernel", _dense_init(self.kernel_init, 5),
                         (kt, kh, kw, x_BTHWC.shape[-1], self.features))
-    bias = self.param("bias", _BIAS_INIT, (self.features,))
+    bias = self.param("bias", nn.with_logical_partitioning(self.bias_init, (_CH,)),
+                      (self.features,))
     n_past = kt - self.stride_t
     new_past = None
     if n_past > 0:
@@ -370,6 +380,7 @@ class WanVAE(nn.Module):
   out_channels: int = 3
   chunk_frames: int = 4  # Latent frames per chunk in encode_chunked / decode_chunked.
   resample_shortcuts: bool = False  # Wan-2.2-style parameter-free shortcuts (see Resample).
+  logvar_init: float = 0.0  # Initial posterior log-variance (quant_conv bias); see config.
 
   def __post_init__(self):
     # Tuples, so a module built from lists (JSON, configs) is hashable: the chunked
@@ -386,7 +397,8 @@ class WanVAE(nn.Module):
     self.encoder = Encoder3d(self.base_dim, 2 * self.z_dim, self.dim_mult, self.num_res_blocks,
                              self.attn_scales, self.temporal_downsample, self.dropout,
                              self.resample_shortcuts)
-    self.quant_conv = CausalConv3d(2 * self.z_dim, (1, 1, 1))
+    self.quant_conv = CausalConv3d(2 * self.z_dim, (1, 1, 1),
+                                   bias_init=_posterior_bias_init(self.z_dim, self.logvar_init))
     self.post_quant_conv = CausalConv3d(self.z_dim, (1, 1, 1))
     self.decoder = Decoder3d(self.base_dim, self.dim_mult, self.num_res_blocks,
                              tuple(self.temporal_downsample)[::-1], self.out_channels, self.dropout,
@@ -488,7 +500,8 @@ def vae_from_config(cfg) -> WanVAE:
                 num_res_blocks=int(v.num_res_blocks), attn_scales=tuple(v.attn_scales),
                 temporal_downsample=tuple(bool(t) for t in v.temporal_downsample),
                 dropout=float(v.dropout), chunk_frames=int(v.chunk_frames),
-                resample_shortcuts=bool(v.resample_shortcuts))
+                resample_shortcuts=bool(v.resample_shortcuts),
+                logvar_init=float(v.get("logvar_init", 0.0)))
 
 
 def latent_shape(cfg, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
