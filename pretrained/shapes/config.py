@@ -59,6 +59,8 @@ def get_config(arg=None):
   cfg.vae.dropout = 0.0
   cfg.vae.latents_mean = ()
   cfg.vae.latents_std = ()
+  # The shipped VAE predates vae.logvar_init (then always 0; the default is now -6).
+  cfg.vae.logvar_init = 0.0
   cfg.vae.num_res_blocks = 1
   cfg.vae.resample_shortcuts = True
   cfg.vae.temporal_downsample = (True, True)
