@@ -112,6 +112,21 @@ def test_config_helpers():
   assert vae.latent_shape(1, 32, 32)[0] == 1  # Images are 1-frame videos.
 
 
+def test_logvar_init_sets_the_initial_posterior_variance():
+  """A fresh encoder's log-variance starts near vae.logvar_init, its mean unshifted."""
+  cfg = base_config()
+  cfg.vae.base_dim, cfg.vae.z_dim = 8, 4
+  x = _video(3, 5)
+  for init in (0.0, -6.0):
+    cfg.vae.logvar_init = init
+    vae = vae_from_config(cfg)
+    v = nn.unbox(init_variables(vae, jax.random.key(0)))
+    bias = np.asarray(v["params"]["quant_conv"]["bias"])
+    np.testing.assert_array_equal(bias, [0.0] * 4 + [init] * 4)
+    mean, logvar = vae.apply(v, x, method=WanVAE.encode)
+    assert abs(float(jnp.mean(logvar)) - init) < 1.0, (init, float(jnp.mean(logvar)))
+
+
 @pytest.mark.parametrize("shape, match", [
     ((1, 4, 16, 16, 3), r"1\+4k.*use 1 or 5"),
     ((1, 6, 16, 16, 3), r"1\+4k.*use 5 or 9"),
