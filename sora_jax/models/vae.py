@@ -501,7 +501,7 @@ def vae_from_config(cfg) -> WanVAE:
                 temporal_downsample=tuple(bool(t) for t in v.temporal_downsample),
                 dropout=float(v.dropout), chunk_frames=int(v.chunk_frames),
                 resample_shortcuts=bool(v.resample_shortcuts),
-                logvar_init=float(v.get("logvar_init", 0.0)))
+                logvar_init=float(v.logvar_init))
 
 
 def latent_shape(cfg, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
