@@ -1,4 +1,4 @@
-"""CPU demo: ShapesWorld, tiny causal VAE (x4 space, x4 time, 8 channels), tiny DiT.
+"""CPU demo: ShapesWorld, tiny causal VAE (x4 space, x4 time, 16 channels), tiny DiT.
 
 Runs end to end on a 2-core CPU in minutes (scripts/demo.sh drives it):
 

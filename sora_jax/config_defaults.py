@@ -78,7 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.text = C()
   cfg.text.encoder = "minilm"  # 'minilm' (all-MiniLM-L6-v2), 'umt5' or 't5' (Flax, local weights).
   cfg.text.path = ""  # Local folder of HF safetensors for umt5/t5; '' for minilm (package).
-  cfg.text.max_length = 32  # Tokens kept per caption (padded / truncated).
+  # Tokens kept per caption (padded / truncated). ShapesWorld captions run to ~80 MiniLM
+  # tokens (two objects); at 32 every two-object caption lost its end. Encode reports any cut.
+  cfg.text.max_length = 80
   cfg.text.dim = 384  # Hidden size the encoder emits (must match the encoder).
   cfg.text.dtype = "float32"  # umt5/t5 weight + compute dtype ('bfloat16' halves umT5-XXL); outputs are float32.
 

@@ -71,6 +71,17 @@ def test_training_writes_metrics_and_checkpoints(workdir):
   assert step == 4
 
 
+def test_encode_counts_truncated_captions(workdir):
+  """text.max_length=8 cuts every caption: encode counts and records it (info.json)."""
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
+  info = encode.read_info(tiny_config(), workdir)
+  for split in ("train", "validation"):
+    for field in ("caption", "prompt"):
+      report = info["truncated"][split][field]
+      assert report["total"] == info["num_records"][split], (split, field, report)
+      assert 0 < report["count"] <= report["total"] and report["longest"] > 8, report
+
+
 def _curve(workdir, out, *args):
   r = subprocess.run([sys.executable, "scripts/adherence_curve.py", "--config=configs/shapes_tiny.py",
                       f"--workdir={workdir}", *TINY, "--num_prompts=1", "--steps=2", "--frames=9",

@@ -14,7 +14,9 @@ PROMPTS = ["a red circle moving left", "",
 
 @pytest.fixture(scope="module")
 def encoder():
-  return load_text_encoder(base_config())
+  cfg = base_config()
+  cfg.text.max_length = 32  # short enough that PROMPTS[2] is truncated
+  return load_text_encoder(cfg)
 
 
 def test_shapes_padding_and_null_prompt(encoder):
@@ -33,6 +35,25 @@ def test_deterministic_and_batch_independent(encoder):
   again, _ = encoder(PROMPTS)
   np.testing.assert_array_equal(np.asarray(emb), np.asarray(again))
   np.testing.assert_allclose(np.asarray(alone)[0], np.asarray(emb)[0], atol=1e-5)
+
+
+def test_truncation_is_counted_and_named(encoder):
+  lengths = encoder.token_lengths(PROMPTS)
+  assert lengths[0] == 7 and lengths[1] == 2 and lengths[2] > 32
+  report = encoder.truncation_report(PROMPTS, "captions")
+  assert (report["count"], report["total"], report["longest"]) == (1, 3, lengths[2])
+  assert f"1 of 3 captions exceed text.max_length=32" in report["warning"]
+  assert f"--config.text.max_length={lengths[2]}" in report["warning"]
+  assert encoder.truncation_report(PROMPTS[:2], "prompts")["warning"] == ""
+
+
+def test_default_length_keeps_shapes_world_captions_whole():
+  """Two-object ShapesWorld captions are the longest texts the demo trains on."""
+  from sora_jax.data import shapes_world
+  enc = load_text_encoder(base_config())
+  texts = [c[k] for c in (shapes_world.generate_clip(s, 17, 32, 32, 1.0) for s in range(200))
+           for k in ("caption", "prompt")]
+  assert enc.truncation_report(texts, "texts")["count"] == 0
 
 
 def test_single_string_is_refused(encoder):

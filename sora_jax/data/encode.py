@@ -3,7 +3,9 @@
 Each record keeps the VAE posterior (`latent_mean`, `latent_std`, float32 t×h×w×C), so the
 DiT trainer draws a fresh latent sample every epoch, and the text encoder's token states
 of both the detailed `caption` and the short `prompt` (float16 L×D + bool mask), so
-neither encoder runs while training.
+neither encoder runs while training. Texts longer than `text.max_length` tokens lose their
+end; encode counts them per split and field (`info.json` "truncated") and warns with the
+length that would keep them whole.
 
 Resumable: records are encoded in chunks (never straddling two buckets) staged as .npz
 files written atomically; a rerun skips the chunks already there, and the final
@@ -182,6 +184,20 @@ def latent_statistics(stage_dir: str, num_chunks: int) -> dict:
   return {"mean": mean.tolist(), "std": std.tolist(), "count": count}
 
 
+def truncation(stage_dir: str, runs: dict, text) -> dict:
+  """Per split and field ('caption', 'prompt'): texts the encoder cut at text.max_length."""
+  out = {}
+  for split, split_runs in runs.items():
+    texts = {"caption": [], "prompt": []}
+    for c in range(len(chunks(split_runs))):
+      with np.load(_chunk_path(stage_dir, split, c)) as z:
+        for field, got in texts.items():
+          got.extend(str(t) for t in z[field])
+    out[split] = {field: text.truncation_report(got, f"{split} {field}s")
+                  for field, got in texts.items()}
+  return out
+
+
 def run(cfg, workdir: str) -> None:
   t0 = time.time()
   root = paths.latents_dir(cfg, workdir)
@@ -236,11 +252,17 @@ def run(cfg, workdir: str) -> None:
   if pid != 0:
     return
   latent_shapes = [list(vae.latent_shape(*b)[:3]) for b in meta[tfds_shapes.BUCKETS]]
+  truncated = truncation(stage, {s: runs[s] for s in num_records}, text)
+  for split in truncated.values():
+    for report in split.values():
+      warning = report.pop("warning")
+      if warning:
+        print(f"[encode] warning: {warning}", flush=True)
   info = {"source": source_builder.info.full_name, "vae_step": int(vae_step),
           "z_dim": int(cfg.vae.z_dim), "text_len": int(null_emb.shape[1]),
           "text_dim": int(null_emb.shape[2]), "latent_shapes": latent_shapes,
           "bucket_runs": runs, "num_records": num_records,
-          "text_encoder": cfg.text.encoder}
+          "text_encoder": cfg.text.encoder, "truncated": truncated}
   with open(os.path.join(root, INFO), "w") as f:
     json.dump(info, f)
   stats = latent_statistics(stage, len(chunks(runs["train"])))

@@ -18,6 +18,7 @@ embedding with an all-False mask because an empty key set leaves cross-attention
 well-defined softmax, and because it is what Wan and most T2V models are trained with.
 """
 import dataclasses
+import functools
 import json
 import os
 from typing import Any, Callable
@@ -140,6 +141,32 @@ class TextEncoder:
     ids_BL = np.asarray([e.ids for e in enc], np.int32).reshape(len(enc), self.max_length)
     mask_BL = np.asarray([e.attention_mask for e in enc], bool).reshape(len(enc), self.max_length)
     return ids_BL, mask_BL
+
+  @functools.cached_property
+  def _untruncated(self):
+    from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
+    tok = Tokenizer.from_str(self.tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    return tok
+
+  def token_lengths(self, texts: list[str]) -> np.ndarray:
+    """Tokens (special tokens included) each text has before truncation to max_length."""
+    return np.asarray([len(e.ids) for e in self._untruncated.encode_batch(list(texts))], np.int64)
+
+  def truncation_report(self, texts: list[str], what: str) -> dict:
+    """{'count', 'total', 'longest'} of `texts` cut at max_length, and the warning to print
+    ('' when none is): truncation drops words silently otherwise (ShapesWorld's two-object
+    captions run to ~80 MiniLM tokens)."""
+    lengths = self.token_lengths(texts) if len(texts) else np.zeros((0,), np.int64)
+    count = int((lengths > self.max_length).sum())
+    longest = int(lengths.max()) if len(lengths) else 0
+    msg = ""
+    if count:
+      msg = (f"{count} of {len(texts)} {what} exceed text.max_length={self.max_length} tokens "
+             f"(longest {longest}) and lose their last words; set "
+             f"--config.text.max_length={longest} to keep them whole")
+    return {"count": count, "total": len(texts), "longest": longest, "warning": msg}
 
   def __call__(self, texts: list[str]) -> tuple[jax.Array, jax.Array]:
     ids_BL, mask_BL = self.tokenize(texts)

@@ -63,6 +63,7 @@ class VideoPipeline:
     self.vae_params, self.dit_params = vae_params, dit_params
     self.mu, self.sigma = jnp.asarray(mu), jnp.asarray(sigma)
     self.null_emb, self.null_mask = self.text([""])
+    self._checked = set()  # prompts already checked for truncation
     self.temporal = self.vae.temporal_factor
     self._encode = jax.jit(self._encode_impl)
     self._decode = jax.jit(self._decode_impl)
@@ -99,6 +100,16 @@ class VideoPipeline:
     """Normalised latents -> uint8 (B, 1+4(t-1), H, W, 3), chunked (memory flat in t)."""
     return np.asarray(self._decode(self.vae_params, z_BthwC))
 
+  def encode_text(self, prompts: list[str]):
+    """(emb, mask) of the prompts; warns once for each prompt the encoder truncates."""
+    new = [p for p in dict.fromkeys(prompts) if p not in self._checked]
+    for p, n in zip(new, self.text.token_lengths(new) if new else []):
+      self._checked.add(p)
+      if n > self.text.max_length:
+        print(f"[sample] warning: prompt {p!r} is {n} tokens; text.max_length="
+              f"{self.text.max_length} keeps the first {self.text.max_length}", flush=True)
+    return self.text(prompts)
+
   # ------------------------------------------------------------------ denoising
   def _denoise_impl(self, dit_params, noise, cond_latents, cond_mask, sigmas, emb, mask,
                     cfg_scale, solver):
@@ -122,7 +133,7 @@ class VideoPipeline:
       shift = schedules.sample_shift(self.cfg, tokens)
     sig = schedules.sigmas(steps, shift, start=plan.start)
     noise = jnp.stack([jax.random.normal(jax.random.PRNGKey(s), shape[1:]) for s in seeds])
-    emb, mask = self.text(prompts)
+    emb, mask = self.encode_text(prompts)
     return self._denoise(self.dit_params, noise, plan.cond_latents_BTHWC, plan.cond_mask_BT,
                          jnp.asarray(sig), emb, mask, jnp.float32(cfg_scale), solver=solver)
 
@@ -189,7 +200,7 @@ class VideoPipeline:
     wl = tasks.latent_frames(window, self.temporal)
     ol = tasks.latent_frames(overlap, self.temporal)
     total = tasks.latent_frames(frames, self.temporal)
-    emb, mask = self.text(prompts)
+    emb, mask = self.encode_text(prompts)
     tokens = schedules.num_tokens((wl, *hwc[:2]), self.cfg.dit.patch_size)
     sig = jnp.asarray(schedules.sigmas(steps, schedules.sample_shift(self.cfg, tokens)))
 
