@@ -42,7 +42,7 @@ def test_truncation_is_counted_and_named(encoder):
   assert lengths[0] == 7 and lengths[1] == 2 and lengths[2] > 32
   report = encoder.truncation_report(PROMPTS, "captions")
   assert (report["count"], report["total"], report["longest"]) == (1, 3, lengths[2])
-  assert f"1 of 3 captions exceed text.max_length=32" in report["warning"]
+  assert "1 of 3 captions exceed text.max_length=32" in report["warning"]
   assert f"--config.text.max_length={lengths[2]}" in report["warning"]
   assert encoder.truncation_report(PROMPTS[:2], "prompts")["warning"] == ""
 

@@ -158,7 +158,7 @@ class TextEncoder:
     """{'count', 'total', 'longest'} of `texts` cut at max_length, and the warning to print
     ('' when none is): truncation drops words silently otherwise (ShapesWorld's two-object
     captions run to ~80 MiniLM tokens)."""
-    lengths = self.token_lengths(texts) if len(texts) else np.zeros((0,), np.int64)
+    lengths = self.token_lengths(texts)
     count = int((lengths > self.max_length).sum())
     longest = int(lengths.max()) if len(lengths) else 0
     msg = ""

@@ -103,7 +103,7 @@ class VideoPipeline:
   def encode_text(self, prompts: list[str]):
     """(emb, mask) of the prompts; warns once for each prompt the encoder truncates."""
     new = [p for p in dict.fromkeys(prompts) if p not in self._checked]
-    for p, n in zip(new, self.text.token_lengths(new) if new else []):
+    for p, n in zip(new, self.text.token_lengths(new)):
       self._checked.add(p)
       if n > self.text.max_length:
         print(f"[sample] warning: prompt {p!r} is {n} tokens; text.max_length="
