@@ -131,6 +131,10 @@ def check(cfg, mode: str) -> None:
         f"per downsampling (len(vae.dim_mult) - 1 = {len(cfg.vae.dim_mult) - 1})")
   if cfg.vae_train.max_frames:
     check_frames("vae_train.max_frames", cfg.vae_train.max_frames)
+  crop, sf = cfg.vae_train.crop_size, 2 ** (len(cfg.vae.dim_mult) - 1)
+  if crop < 0 or crop % sf:
+    raise ConfigError(f"vae_train.crop_size={crop} must be 0 (whole frames) or a positive "
+                      f"multiple of the VAE's spatial factor {sf} (e.g. {2 * sf})")
   _one_of("text.encoder", cfg.text.encoder, ("minilm", "umt5", "t5"))
   if cfg.dit.dim % cfg.dit.num_heads:
     raise ConfigError(f"dit.dim={cfg.dit.dim} is not divisible by dit.num_heads={cfg.dit.num_heads}")

@@ -73,6 +73,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.vae_train.disc_weight = 0.1  # Weight of the adversarial term once the discriminator starts.
   cfg.vae_train.ema_decay = 0.999  # EMA of VAE weights (encode/sample/eval use the EMA).
   cfg.vae_train.max_frames = 9  # Train on random windows of this many frames (1+4k; 0 = whole clips).
+  cfg.vae_train.crop_size = 0  # Train on random square crops of this many pixels (a multiple of the VAE's spatial factor; 0 = whole frames).
 
   # ---------------------------------------------------------------- text encoder
   cfg.text = C()

@@ -25,6 +25,7 @@ def _run(*args):
     (["--config.data.buckets=17x32"], "FRAMESxHEIGHTxWIDTH"),
     (["--config.dit.attention=flashy"], "blockwise"),
     (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
+    (["--mode=train_vae", "--config.vae_train.crop_size=10"], "crop_size=10"),
 ])
 def test_bad_input_is_one_clear_line(args, expect):
   r = _run(*args)

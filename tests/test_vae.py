@@ -144,3 +144,22 @@ def test_bad_chunk_is_a_clear_error(variables):
     encode_chunked(TINY, variables, _video(6, 3), cache={"encoder": {}})
   with pytest.raises(ValueError, match="chunk_frames=0"):
     decode_chunked(TINY, variables, jnp.zeros((1, 2, 4, 4, 4)), chunk_frames=0)
+
+
+def test_random_window_is_a_grid_aligned_slice():
+  """vae_train.max_frames / crop_size: the training window is a 1+4k run of frames and a
+  square crop on the spatial factor's grid, cut from the batch unchanged."""
+  from sora_jax.training.train_vae import random_window
+  x = jnp.arange(2 * 17 * 32 * 48 * 1, dtype=jnp.float32).reshape(2, 17, 32, 48, 1)
+  seen = set()
+  for seed in range(12):
+    out = np.asarray(random_window(x, jax.random.key(seed), 9, 16, 4))
+    assert out.shape == (2, 9, 16, 16, 1)
+    t0, y0, x0 = np.argwhere(np.asarray(x)[0, ..., 0] == out[0, 0, 0, 0, 0])[0]
+    assert y0 % 4 == 0 and x0 % 4 == 0 and t0 + 9 <= 17
+    np.testing.assert_array_equal(out, np.asarray(x)[:, t0:t0 + 9, y0:y0 + 16, x0:x0 + 16])
+    seen.add((t0, y0, x0))
+  assert len(seen) > 6  # the offsets vary with the key
+  # 0 (and sizes at least the frame) keep whole frames; a crop larger than one side keeps it.
+  np.testing.assert_array_equal(random_window(x, jax.random.key(0), 0, 0, 4), x)
+  assert random_window(x, jax.random.key(0), 0, 40, 4).shape == (2, 17, 32, 40, 1)

@@ -29,6 +29,27 @@ def _kl(mean, logvar):
   return 0.5 * jnp.mean(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar)
 
 
+def random_window(x, key, max_frames: int, crop_size: int, spatial_factor: int):
+  """A random training window of a (B, T, H, W, C) batch: `max_frames` frames (a 1+4k run,
+  0 = all) and a `crop_size` square (0 = whole frames), one offset for the whole batch,
+  spatial offsets on the VAE's `spatial_factor` grid."""
+  k_y, k_x = jax.random.split(jax.random.fold_in(key, 1))  # `key` itself picks the start frame
+  if 0 < max_frames < x.shape[1]:
+    # Causal convolutions make a short window's gradients those of the same frames in a
+    # long clip (given the past), at a fraction of the cost.
+    start = jax.random.randint(key, (), 0, x.shape[1] - max_frames + 1)
+    x = jax.lax.dynamic_slice_in_dim(x, start, max_frames, axis=1)
+  h, w = x.shape[2:4]
+  ch, cw = min(crop_size or h, h), min(crop_size or w, w)
+  if (ch, cw) != (h, w):
+    # The VAE is fully convolutional: a crop gives more, cheaper steps for the same pixels.
+    sf = spatial_factor
+    top = jax.random.randint(k_y, (), 0, (h - ch) // sf + 1) * sf
+    left = jax.random.randint(k_x, (), 0, (w - cw) // sf + 1) * sf
+    x = jax.lax.dynamic_slice(x, (0, 0, top, left, 0), (*x.shape[:2], ch, cw, x.shape[4]))
+  return x
+
+
 def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
   """(init_state, train_step) for the VAE, pure functions of explicit pytrees.
 
@@ -55,11 +76,7 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
   def train_step(state, batch):
     x = batch["video"].astype(jnp.float32) / 127.5 - 1.0
     rng, k, k_crop = jax.random.split(state["rng"], 3)
-    if 0 < vt.max_frames < x.shape[1]:
-      # A random 1+4k window: causal convolutions make a short window's gradients those of
-      # the same frames in a long clip (given the past), at a fraction of the cost.
-      start = jax.random.randint(k_crop, (), 0, x.shape[1] - vt.max_frames + 1)
-      x = jax.lax.dynamic_slice_in_dim(x, start, vt.max_frames, axis=1)
+    x = random_window(x, k_crop, vt.max_frames, vt.crop_size, vae.spatial_factor)
     disc_on = (state["step"] >= vt.disc_start).astype(jnp.float32) if use_disc else 0.0
 
     def loss_fn(params):
