@@ -87,9 +87,14 @@ def parse_weights(spec: str, names) -> dict[str, float]:
   return {k: v / total for k, v in out.items()}
 
 
+def vae_spatial_factor(cfg) -> int:
+  """Pixels per latent pixel along height and width (WanVAE.spatial_factor, from the config)."""
+  return 2 ** (len(cfg.vae.dim_mult) - 1)
+
+
 def latent_grid_error(cfg, frames: int, height: int, width: int) -> str | None:
   """Why (frames, height, width) cannot be sampled by this model, or None."""
-  spatial = 2 ** (len(cfg.vae.dim_mult) - 1)
+  spatial = vae_spatial_factor(cfg)
   temporal = 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
   pt, ph, pw = cfg.dit.patch_size
   if (frames - 1) % temporal:
@@ -131,7 +136,7 @@ def check(cfg, mode: str) -> None:
         f"per downsampling (len(vae.dim_mult) - 1 = {len(cfg.vae.dim_mult) - 1})")
   if cfg.vae_train.max_frames:
     check_frames("vae_train.max_frames", cfg.vae_train.max_frames)
-  crop, sf = cfg.vae_train.crop_size, 2 ** (len(cfg.vae.dim_mult) - 1)
+  crop, sf = cfg.vae_train.crop_size, vae_spatial_factor(cfg)
   if crop < 0 or crop % sf:
     raise ConfigError(f"vae_train.crop_size={crop} must be 0 (whole frames) or a positive "
                       f"multiple of the VAE's spatial factor {sf} (e.g. {2 * sf})")

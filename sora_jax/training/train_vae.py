@@ -43,9 +43,8 @@ def random_window(x, key, max_frames: int, crop_size: int, spatial_factor: int):
   ch, cw = min(crop_size or h, h), min(crop_size or w, w)
   if (ch, cw) != (h, w):
     # The VAE is fully convolutional: a crop gives more, cheaper steps for the same pixels.
-    sf = spatial_factor
-    top = jax.random.randint(k_y, (), 0, (h - ch) // sf + 1) * sf
-    left = jax.random.randint(k_x, (), 0, (w - cw) // sf + 1) * sf
+    top = jax.random.randint(k_y, (), 0, (h - ch) // spatial_factor + 1) * spatial_factor
+    left = jax.random.randint(k_x, (), 0, (w - cw) // spatial_factor + 1) * spatial_factor
     x = jax.lax.dynamic_slice(x, (0, 0, top, left, 0), (*x.shape[:2], ch, cw, x.shape[4]))
   return x
 
