@@ -92,10 +92,21 @@ def vae_spatial_factor(cfg) -> int:
   return 2 ** (len(cfg.vae.dim_mult) - 1)
 
 
+def vae_temporal_factor(cfg) -> int:
+  """Frames per latent frame after the first (WanVAE.temporal_factor, from the config)."""
+  return 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
+
+
+def latent_size(cfg, frames: int, height: int, width: int) -> tuple[int, int, int]:
+  """(latent frames, latent height, latent width) of a pixel clip under cfg's VAE."""
+  spatial = vae_spatial_factor(cfg)
+  return 1 + (frames - 1) // vae_temporal_factor(cfg), height // spatial, width // spatial
+
+
 def latent_grid_error(cfg, frames: int, height: int, width: int) -> str | None:
   """Why (frames, height, width) cannot be sampled by this model, or None."""
   spatial = vae_spatial_factor(cfg)
-  temporal = 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
+  temporal = vae_temporal_factor(cfg)
   pt, ph, pw = cfg.dit.patch_size
   if (frames - 1) % temporal:
     return f"frames={frames} must be 1+{temporal}k for this VAE"

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from sora_jax import config_check
 from sora_jax.models import dit as dit_lib
 from sora_jax.parallel import mesh as mesh_lib
 
@@ -79,9 +80,7 @@ CLIPS = {
 
 def latent_grid(cfg, clip: Clip) -> tuple[int, int, int]:
   """(latent frames, latent height, latent width) of a clip under cfg's VAE."""
-  spatial = 2 ** (len(cfg.vae.dim_mult) - 1)
-  temporal = 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
-  return 1 + (clip.frames - 1) // temporal, clip.height // spatial, clip.width // spatial
+  return config_check.latent_size(cfg, clip.frames, clip.height, clip.width)
 
 
 def tokens_per_clip(cfg, clip: Clip) -> int:

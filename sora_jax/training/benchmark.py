@@ -41,9 +41,7 @@ def latent_grid(cfg, frames: int, height: int, width: int) -> tuple[int, int, in
   err = config_check.latent_grid_error(cfg, frames, height, width)
   if err:
     raise config_check.ConfigError(f"benchmark: {err}")
-  spatial = 2 ** (len(cfg.vae.dim_mult) - 1)
-  temporal = 2 ** sum(bool(x) for x in cfg.vae.temporal_downsample)
-  return 1 + (frames - 1) // temporal, height // spatial, width // spatial, cfg.vae.z_dim
+  return (*config_check.latent_size(cfg, frames, height, width), cfg.vae.z_dim)
 
 
 def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) -> dict:
