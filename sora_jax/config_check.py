@@ -3,6 +3,8 @@
 Every problem is a `ConfigError` whose message is one line naming the field, the bad
 value and what is allowed, so the entry point can print it and exit.
 """
+import copy
+import json
 import os
 
 MODES = ("data", "train_vae", "encode", "train", "sample", "eval", "benchmark")
@@ -13,6 +15,8 @@ REMAT = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
 LORA_TARGETS = ("q", "k", "v", "o", "ffn")
+# sample.* fields that hold for a whole --mode=sample run: a jobs-file line may not set them.
+RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 
 
 class ConfigError(ValueError):
@@ -214,29 +218,100 @@ def check(cfg, mode: str) -> None:
       raise ConfigError(f"benchmark.steps={b.steps} (>= 1), .warmup={b.warmup} (>= 0), "
                         f".batch_size={b.batch_size} (>= 1) and .matmul_size={b.matmul_size} "
                         "(>= 128) are out of range")
-  if mode in ("sample", "eval"):
-    s = cfg.sample
-    _one_of("sample.task", s.task, TASKS)
-    _one_of("sample.solver", s.solver, SOLVERS)
-    check_frames("sample.num_frames", s.num_frames)
-    if s.steps < 1:
-      raise ConfigError(f"sample.steps={s.steps} must be >= 1")
-    if s.shift == 0:
-      raise ConfigError("sample.shift=0 is not a shift; use > 0, or < 0 for the training rule")
-    if not 0.0 < s.strength <= 1.0:
-      raise ConfigError(f"sample.strength={s.strength} must be in (0, 1]")
-    if s.task != "long":  # long checks its window instead of the total length.
-      frames = 1 if s.task == "t2i" else s.num_frames  # t2i always renders one frame.
-      err = latent_grid_error(cfg, frames, s.height, s.width)
-      if err:
-        raise ConfigError(f"sample: {err}")
-    if s.prompts_file and not os.path.isfile(s.prompts_file):
-      raise ConfigError(f"sample.prompts_file={s.prompts_file!r} does not exist")
-    needs = {"i2v": ("image",), "interpolate": ("image", "end_image"),
-             "extend": ("video",), "extend_backward": ("video",), "edit": ("video",)}
-    if mode == "sample":
-      for field in needs.get(s.task, ()):
-        if not s[field]:
-          raise ConfigError(f"sample.task={s.task!r} needs sample.{field}=PATH")
-        if not os.path.isfile(s[field]):
-          raise ConfigError(f"sample.{field}={s[field]!r} does not exist")
+  if mode == "sample":
+    for where, job in sample_jobs(cfg):
+      try:
+        _check_sample(job, mode)
+      except ConfigError as e:
+        raise ConfigError(f"{where}: {e}" if where else str(e)) from None
+  elif mode == "eval":
+    _check_sample(cfg, mode)
+
+
+def _check_sample(cfg, mode: str) -> None:
+  """The sample.* fields of one sampling job (`mode` sample) or of eval's samples."""
+  s = cfg.sample
+  _one_of("sample.task", s.task, TASKS)
+  _one_of("sample.solver", s.solver, SOLVERS)
+  check_frames("sample.num_frames", s.num_frames)
+  if s.steps < 1:
+    raise ConfigError(f"sample.steps={s.steps} must be >= 1")
+  if s.shift == 0:
+    raise ConfigError("sample.shift=0 is not a shift; use > 0, or < 0 for the training rule")
+  if not 0.0 < s.strength <= 1.0:
+    raise ConfigError(f"sample.strength={s.strength} must be in (0, 1]")
+  if s.task == "long":  # any length: the window is what the model sees.
+    err = latent_grid_error(cfg, s.long_window, s.height, s.width)
+    if err:
+      raise ConfigError(f"sample.long_window: {err}")
+  else:
+    frames = 1 if s.task == "t2i" else s.num_frames  # t2i always renders one frame.
+    err = latent_grid_error(cfg, frames, s.height, s.width)
+    if err:
+      raise ConfigError(f"sample: {err}")
+  if s.prompts_file and not os.path.isfile(s.prompts_file):
+    raise ConfigError(f"sample.prompts_file={s.prompts_file!r} does not exist")
+  needs = {"i2v": ("image",), "interpolate": ("image", "end_image"),
+           "extend": ("video",), "extend_backward": ("video",), "edit": ("video",)}
+  if mode == "sample":
+    for field in needs.get(s.task, ()):
+      if not s[field]:
+        raise ConfigError(f"sample.task={s.task!r} needs sample.{field}=PATH")
+      if not os.path.isfile(s[field]):
+        raise ConfigError(f"sample.{field}={s[field]!r} does not exist")
+
+
+def _json_value(where: str, key: str, default, value):
+  """`value` (from JSON) for the sample field `key`, checked against its default's type."""
+  if isinstance(default, bool) or isinstance(value, bool):
+    ok = isinstance(default, bool) and isinstance(value, bool)
+  elif isinstance(default, float):
+    ok = isinstance(value, (int, float))  # 1 for 1.0
+  else:
+    ok = isinstance(value, type(default))
+  if not ok:
+    raise ConfigError(f"{where}: sample.{key}={value!r} must be {type(default).__name__}, "
+                      f"like its default {default!r}")
+  return float(value) if isinstance(default, float) else value
+
+
+def sample_jobs(cfg) -> list:
+  """The sampling jobs of one `--mode=sample` run as [(where, config)].
+
+  Without `sample.jobs_file` that is the command's own config ("" for where). With it,
+  one copy of the config per non-blank line of the file, the line's JSON object of
+  sample.* fields set over the command's (paths as on the command line), and where =
+  "sample.jobs_file=PATH line N" to prefix that job's errors.
+  """
+  path = cfg.sample.jobs_file
+  if not path:
+    return [("", cfg)]
+  if not os.path.isfile(path):
+    raise ConfigError(f"sample.jobs_file={path!r} does not exist")
+  jobs = []
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f"sample.jobs_file={path!r} line {n}"
+      try:
+        fields = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not JSON ({e.msg}); write one object a line, e.g. "
+                          '{"task": "t2i", "prompt": "a red circle"}') from None
+      if not isinstance(fields, dict):
+        raise ConfigError(f"{where} is {type(fields).__name__}, not a JSON object of sample "
+                          'fields, e.g. {"task": "t2i", "prompt": "a red circle"}')
+      job = copy.deepcopy(cfg)
+      for key, value in fields.items():
+        if key not in job.sample:
+          raise ConfigError(f"{where}: unknown sample field {key!r}; the sample.* fields are "
+                            "listed in sora_jax/config_defaults.py")
+        if key in RUN_SAMPLE_FIELDS:
+          raise ConfigError(f"{where}: sample.{key} holds for the whole run; set it on the "
+                            "command line, not in the jobs file")
+        job.sample[key] = _json_value(where, key, job.sample[key], value)
+      jobs.append((where, job))
+  if not jobs:
+    raise ConfigError(f"sample.jobs_file={path!r} has no jobs (one JSON object a line)")
+  return jobs

@@ -158,6 +158,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.sample = C()
   cfg.sample.prompt = "a red circle moving left"  # The prompt (unless sample.prompts_file is set).
   cfg.sample.prompts_file = ""  # UTF-8, one prompt a line; overrides `prompt`.
+  # JSON lines, one sampling job a line: sample.* fields over the command's, e.g.
+  # {"task": "i2v", "image": "start.mp4", "prompt": "a red circle"}; every job of the file
+  # runs in this one process (the models load and compile once) into one samples.json.
+  cfg.sample.jobs_file = ""
   # t2v, t2i, i2v, extend, extend_backward, loop, interpolate, edit, long
   cfg.sample.task = "t2v"
   cfg.sample.num_frames = 17  # 1+4k.

@@ -45,3 +45,52 @@ def test_latent_grid_error_names_the_fix():
   cfg = base_config()
   assert config_check.latent_grid_error(cfg, 17, 32, 48) is None
   assert "multiple of 8" in config_check.latent_grid_error(cfg, 17, 36, 32)
+
+
+@pytest.mark.parametrize("line, expect", [
+    ('{"task": "t2i"', "line 2 is not JSON"),
+    ('["t2i"]', "line 2 is list, not a JSON object"),
+    ('{"tsak": "t2i"}', "line 2: unknown sample field 'tsak'"),
+    ('{"output_dir": "/tmp/x"}', "line 2: sample.output_dir holds for the whole run"),
+    ('{"steps": "ten"}', "line 2: sample.steps='ten' must be int"),
+    ('{"cfg_scale": true}', "line 2: sample.cfg_scale=True must be float"),
+    ('{"task": "i2v"}', "line 2: sample.task='i2v' needs sample.image=PATH"),
+    ('{"task": "t2v", "num_frames": 16}', "line 2: sample.num_frames=16"),
+    ('{"task": "long", "long_window": 9, "height": 20}', "line 2: sample.long_window:"),
+])
+def test_jobs_file_errors_name_the_line(tmp_path, line, expect):
+  """A bad line of sample.jobs_file is refused before anything runs, naming the line."""
+  jobs = tmp_path / "jobs.jsonl"
+  jobs.write_text('{"task": "t2i", "prompt": "a red circle", "cfg_scale": 2}\n' + line + "\n\n")
+  cfg = base_config()
+  cfg.sample.jobs_file = str(jobs)
+  with pytest.raises(config_check.ConfigError, match="jobs_file=") as e:
+    config_check.check(cfg, "sample")
+  assert expect in str(e.value), str(e.value)
+
+
+def test_jobs_file_sets_each_jobs_fields_over_the_commands(tmp_path):
+  jobs = tmp_path / "jobs.jsonl"
+  jobs.write_text('{"task": "t2i", "prompt": "a red circle", "cfg_scale": 2}\n\n'
+                  '{"num_frames": 9, "width": 48, "shift": 3}\n')
+  cfg = base_config()
+  cfg.sample.jobs_file, cfg.sample.seed = str(jobs), 5
+  config_check.check(cfg, "sample")
+  (w1, a), (w2, b) = config_check.sample_jobs(cfg)
+  assert (w1.endswith("line 1"), w2.endswith("line 3")) == (True, True)
+  assert (a.sample.task, a.sample.prompt, a.sample.cfg_scale, a.sample.seed) == (
+      "t2i", "a red circle", 2.0, 5)
+  assert isinstance(a.sample.cfg_scale, float)
+  assert (b.sample.task, b.sample.num_frames, b.sample.width, b.sample.shift) == ("t2v", 9, 48, 3.0)
+  assert cfg.sample.task == "t2v" and cfg.sample.width == 32  # the command's config is untouched
+  assert config_check.sample_jobs(base_config()) == [("", base_config())]
+
+
+def test_jobs_file_error_is_one_clear_line(tmp_path):
+  jobs = tmp_path / "jobs.jsonl"
+  jobs.write_text('{"task": "extend"}\n')
+  r = _run("--mode=sample", f"--config.sample.jobs_file={jobs}")
+  assert r.returncode == 2, r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert lines == [f"sora_jax: error: sample.jobs_file='{jobs}' line 1: sample.task='extend' "
+                   "needs sample.video=PATH"], r.stderr

@@ -273,6 +273,43 @@ def test_sample_mode_writes_videos_and_index(workdir, tmp_path):
     assert os.path.exists(r["gif"])
 
 
+def test_jobs_file_samples_every_job_in_one_run(workdir, tmp_path):
+  """sample.jobs_file: each line's fields over the command's, one samples.json for all."""
+  prompts = tmp_path / "prompts.txt"
+  prompts.write_text("a red circle moving left\na blue square falling\n", encoding="utf-8")
+  jobs = tmp_path / "jobs.jsonl"
+  jobs.write_text("\n".join(json.dumps(j) for j in [
+      {"task": "t2v", "prompts_file": str(prompts)},
+      {"task": "t2i", "prompt": "a green triangle", "width": 24, "seed": 40, "gif": False},
+      {"task": "long", "prompt": "a white circle", "num_frames": 13, "long_window": 9,
+       "shift": 3.0}]) + "\n", encoding="utf-8")
+  out = tmp_path / "samples"
+  r = sora(workdir, "--mode=sample", f"--config.sample.jobs_file={jobs}",
+           f"--config.sample.output_dir={out}", "--config.sample.seed=7")
+  assert "job 3/3" in r.stdout
+  rows = json.loads((out / "samples.json").read_text())
+  got = [(r["task"], r["prompt"], r["seed"], r["frames"], r["height"], r["width"]) for r in rows]
+  assert got == [("t2v", "a red circle moving left", 7, 9, 16, 16),
+                 ("t2v", "a blue square falling", 8, 9, 16, 16),
+                 ("t2i", "a green triangle", 40, 1, 16, 24),
+                 ("long", "a white circle", 7, 13, 16, 16)]
+  assert len({r["path"] for r in rows}) == 4 and all(os.path.getsize(r["path"]) for r in rows)
+  assert ["gif" in r for r in rows] == [True, True, False, True]
+
+
+def test_shift_argument_sets_the_schedule(pipe):
+  """run_task(shift=...) is sample.shift: None follows the config, a value overrides it."""
+  from sora_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
+  rule = schedules.sample_shift(pipe.cfg, schedules.num_tokens((3, 4, 4), pipe.cfg.dit.patch_size))
+  base = pipe.run_task("t2v", ["a red circle"], [0], 9, 16, 16, **KW)
+  np.testing.assert_array_equal(pipe.run_task("t2v", ["a red circle"], [0], 9, 16, 16,
+                                              shift=rule, **KW), base)
+  np.testing.assert_array_equal(pipe.run_task("t2v", ["a red circle"], [0], 9, 16, 16,
+                                              shift=-1.0, **KW), base)
+  assert not np.array_equal(pipe.run_task("t2v", ["a red circle"], [0], 9, 16, 16,
+                                          shift=rule * 4, **KW), base)
+
+
 def test_sample_refuses_an_impossible_size_before_compiling(workdir):
   r = sora(workdir, "--mode=sample", "--config.sample.height=20", check=False)
   assert r.returncode == 2 and "height=20" in r.stderr

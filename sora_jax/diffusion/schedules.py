@@ -47,10 +47,12 @@ def resolution_shift(cfg_diffusion, tokens: int) -> float:
   return float(cfg_diffusion.shift * math.sqrt(tokens / cfg_diffusion.shift_base_tokens))
 
 
-def sample_shift(cfg, tokens: int) -> float:
-  """The sampling shift: `config.sample.shift` if > 0, else the training rule for `tokens`."""
-  if cfg.sample.shift > 0:
-    return float(cfg.sample.shift)
+def sample_shift(cfg, tokens: int, shift: float | None = None) -> float:
+  """The sampling shift: `shift` (default `config.sample.shift`) if > 0, else the training
+  rule for `tokens`."""
+  shift = cfg.sample.shift if shift is None else shift
+  if shift > 0:
+    return float(shift)
   return resolution_shift(cfg.diffusion, tokens)
 
 

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import paths
-from sora_jax.config_check import ConfigError, check_frames, latent_grid_error
+from sora_jax.config_check import ConfigError, sample_jobs
 from sora_jax.data import video_io
 from sora_jax.data.tfds_folder import crop_resize
 from sora_jax.diffusion import schedules, solvers
@@ -128,9 +128,8 @@ class VideoPipeline:
               cfg_scale: float, solver: str = "euler", shift: float | None = None) -> jax.Array:
     """Samples `plan` (batch = len(prompts)) -> normalised latents (B, t, h, w, C)."""
     shape = plan.cond_latents_BTHWC.shape
-    if shift is None:
-      tokens = schedules.num_tokens(shape[1:4], self.cfg.dit.patch_size)
-      shift = schedules.sample_shift(self.cfg, tokens)
+    tokens = schedules.num_tokens(shape[1:4], self.cfg.dit.patch_size)
+    shift = schedules.sample_shift(self.cfg, tokens, shift)
     sig = schedules.sigmas(steps, shift, start=plan.start)
     noise = jnp.stack([jax.random.normal(jax.random.PRNGKey(s), shape[1:]) for s in seeds])
     emb, mask = self.encode_text(prompts)
@@ -145,16 +144,18 @@ class VideoPipeline:
   def run_task(self, task: str, prompts: list[str], seeds: list[int], frames: int, height: int,
                width: int, *, steps: int, cfg_scale: float, solver: str = "euler",
                image=None, end_image=None, video=None, strength: float = 0.7,
-               cond_frames: int = 5, long_window: int = 17, long_overlap: int = 5) -> np.ndarray:
+               cond_frames: int = 5, long_window: int = 17, long_overlap: int = 5,
+               shift: float | None = None) -> np.ndarray:
     """One task for a batch of prompts -> uint8 videos (B, T, H, W, 3).
 
     image / end_image: uint8 (H, W, 3); video: uint8 (T, H, W, 3) — already at
-    (height, width). See `sora_jax.sampling.tasks` for what each task conditions on.
+    (height, width). shift: as `sample.shift` (> 0 fixed, < 0 the training rule; None:
+    the pipeline config's). See `sora_jax.sampling.tasks` for what each task conditions on.
     """
     b = len(prompts)
     hwc = self.latent_hwc(height, width)
     lt = tasks.latent_frames(frames, self.temporal)
-    den = lambda plan: self.denoise(plan, seeds, prompts, steps, cfg_scale, solver)
+    den = lambda plan: self.denoise(plan, seeds, prompts, steps, cfg_scale, solver, shift)
     rep = lambda a: np.repeat(a[None], b, axis=0)
     if task == "t2v":
       return self.decode(den(tasks.t2v(b, lt, hwc)))
@@ -188,21 +189,21 @@ class VideoPipeline:
       return np.concatenate([out[:, :new], rep(video)], axis=1)
     if task == "long":
       return self._long(prompts, seeds, frames, hwc, steps, cfg_scale, solver, long_window,
-                        long_overlap)
+                        long_overlap, shift)
     raise ConfigError(f"unknown task {task!r}")
 
   def _group_latents(self, pixels_BFHWC) -> jax.Array:
     """Group latents of F pixel frames (F a multiple of 4), for positions >= 1."""
     return self.encode(np.asarray(tasks.group_clip(jnp.asarray(pixels_BFHWC), self.temporal)))[:, 1:]
 
-  def _long(self, prompts, seeds, frames, hwc, steps, cfg_scale, solver, window, overlap):
+  def _long(self, prompts, seeds, frames, hwc, steps, cfg_scale, solver, window, overlap, shift):
     b = len(prompts)
     wl = tasks.latent_frames(window, self.temporal)
     ol = tasks.latent_frames(overlap, self.temporal)
     total = tasks.latent_frames(frames, self.temporal)
     emb, mask = self.encode_text(prompts)
     tokens = schedules.num_tokens((wl, *hwc[:2]), self.cfg.dit.patch_size)
-    sig = jnp.asarray(schedules.sigmas(steps, schedules.sample_shift(self.cfg, tokens)))
+    sig = jnp.asarray(schedules.sigmas(steps, schedules.sample_shift(self.cfg, tokens, shift)))
 
     def window_fn(noise, cond_latents, cond_mask):
       return self._denoise(self.dit_params, noise, cond_latents, cond_mask, sig, emb, mask,
@@ -256,29 +257,31 @@ def write_samples(videos: np.ndarray, prompts, seeds, task, out_dir, fps, gif, s
 
 
 def run(cfg, workdir: str) -> None:
-  s = cfg.sample
-  if s.task == "long":
-    check_frames("sample.num_frames", s.num_frames)
-    err = latent_grid_error(cfg, s.long_window, s.height, s.width)
-    if err:
-      raise ConfigError(f"sample.long_window: {err}")
+  """Every job of the run (the command's sample config, or each line of sample.jobs_file)
+  with one pipeline; all of their samples go into one samples.json."""
   t0 = time.time()
-  prompts = read_prompts(s)
-  inputs = load_inputs(s)
-  pipe = VideoPipeline(cfg, workdir, use_ema=s.use_ema)
+  jobs = []
+  for _, job in sample_jobs(cfg):  # inputs are read (and a bad file refused) before any model
+    jobs.append((job.sample, read_prompts(job.sample), load_inputs(job.sample)))
+  pipe = VideoPipeline(cfg, workdir, use_ema=cfg.sample.use_ema)
   out_dir = paths.samples_dir(cfg, workdir)
   os.makedirs(out_dir, exist_ok=True)
   rows = []
-  for i in range(0, len(prompts), s.batch_size):
-    batch = prompts[i:i + s.batch_size]
-    seeds = [s.seed + i + j for j in range(len(batch))]
-    videos = pipe.run_task(s.task, batch, seeds, s.num_frames, s.height, s.width, steps=s.steps,
-                           cfg_scale=s.cfg_scale, solver=s.solver, strength=s.strength,
-                           cond_frames=s.cond_frames, long_window=s.long_window,
-                           long_overlap=s.long_overlap, **inputs)
-    rows += write_samples(videos, batch, seeds, s.task, out_dir, cfg.data.fps, s.gif, i)
-    print(f"[sample] {len(rows)}/{len(prompts)} {s.task} samples ({time.time() - t0:.0f}s)",
-          flush=True)
+  for n, (s, prompts, inputs) in enumerate(jobs, 1):
+    job = f"job {n}/{len(jobs)} " if len(jobs) > 1 else ""
+    done = 0
+    for i in range(0, len(prompts), s.batch_size):
+      batch = prompts[i:i + s.batch_size]
+      seeds = [s.seed + i + j for j in range(len(batch))]
+      videos = pipe.run_task(s.task, batch, seeds, s.num_frames, s.height, s.width,
+                             steps=s.steps, cfg_scale=s.cfg_scale, solver=s.solver,
+                             strength=s.strength, cond_frames=s.cond_frames,
+                             long_window=s.long_window, long_overlap=s.long_overlap,
+                             shift=s.shift, **inputs)
+      rows += write_samples(videos, batch, seeds, s.task, out_dir, cfg.data.fps, s.gif, len(rows))
+      done += len(batch)
+      print(f"[sample] {job}{done}/{len(prompts)} {s.task} samples ({time.time() - t0:.0f}s)",
+            flush=True)
   index = os.path.join(out_dir, "samples.json")
   existing = []
   if os.path.exists(index):
