@@ -149,3 +149,15 @@ def test_training_seconds_chain_resumed_segments():
           {"step": 150, "mode": "train", "elapsed_s": 5.0},  # resumed: the clock restarts
           {"step": 200, "mode": "train", "elapsed_s": 15.0}]
   assert metrics.training_seconds(rows, "train") == {50: 10.0, 100: 20.0, 150: 25.0, 200: 35.0}
+
+
+def test_eta_does_not_count_the_compile_before_the_first_step(tmp_path, monkeypatch, capsys):
+  """45 s of compile, then 0.5 s a step: the ETA after the second log is 80 x 0.5 s."""
+  clock = iter([0.0, 50.0, 55.0, 60.0])
+  monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
+  log = metrics.MetricsLogger(str(tmp_path), total_steps=100, tensorboard=False)
+  for step in (10, 20, 30):
+    log.log(step, {"loss": 1.0})
+  lines = capsys.readouterr().out.splitlines()
+  assert "ETA 0:07:30" in lines[0]  # 90 steps at the only rate known yet (50 s / 10 steps)
+  assert "ETA 0:00:40" in lines[1] and "ETA 0:00:35" in lines[2], lines

@@ -22,7 +22,10 @@ class MetricsLogger:
     self._t0 = time.time()
     self._last_t = self._t0
     self._last_step = start_step
-    self._start_step = start_step
+    # The ETA's rate is measured from the first logged step on, so that the compile (and
+    # restore) before it does not count as training time; until then, from the start.
+    self._rate_from = (self._t0, start_step)
+    self._rate_set = False
     self._tb = None
     if self.active and tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -38,8 +41,11 @@ class MetricsLogger:
       steps_per_s = (step - self._last_step) / max(now - self._last_t, 1e-9)
       row["steps_per_s"] = steps_per_s
       self._last_t, self._last_step = now, step
-    rate = (step - self._start_step) / max(now - self._t0, 1e-9)
+    t_from, step_from = self._rate_from
+    rate = (step - step_from) / max(now - t_from, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float("nan")
+    if not self._rate_set and step > step_from:
+      self._rate_from, self._rate_set = (now, step), True
     if not self.active:
       return row
     with open(self.path, "a") as f:
