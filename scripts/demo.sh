@@ -42,8 +42,9 @@ stamp "sample every task"
 OUT="$WORKDIR/samples"
 mkdir -p "$OUT/inputs"
 "$PY" - "$OUT/inputs" <<'PYEOF'
-# Inputs for the conditioned tasks (a validation clip and its first/last frames), the t2v
+# Inputs for the conditioned tasks (a ShapesWorld clip and its first/last frames), the t2v
 # prompts, and the jobs file: one JSON object of sample.* fields a line (sample.jobs_file).
+# The tasks that continue the clip or start from its first frame get the clip's own prompt.
 import json, sys
 from sora_jax.data import shapes_world, video_io
 out = sys.argv[1]
@@ -53,7 +54,8 @@ video_io.write_mp4(f"{out}/start.mp4", clip["video"][:1], 8)
 video_io.write_mp4(f"{out}/end.mp4", clip["video"][-1:], 8)
 end = shapes_world.generate_clip(777, 17, 32, 32, two_object_fraction=0.0)
 video_io.write_mp4(f"{out}/end_other.mp4", end["video"][:1], 8)
-print("input clip:", clip["prompt"])
+prompt = clip["prompt"]
+print("input clip:", prompt)
 with open(f"{out}/prompts.txt", "w", encoding="utf-8") as f:
   f.write("a red circle moving left\na small blue square falling\n"
           "a large yellow triangle bouncing\n"
@@ -64,11 +66,11 @@ jobs = [
     {"task": "t2v", "prompt": "a cyan circle moving right", "width": 48, "seed": 100},
     {"task": "t2v", "prompt": "an orange square falling", "height": 48, "seed": 200},
     {"task": "t2i", "prompt": "a large magenta circle in the center"},
-    {"task": "i2v", "image": start, "prompt": "a red circle moving left"},
-    {"task": "extend", "video": video},
-    {"task": "extend_backward", "video": video},
+    {"task": "i2v", "image": start, "prompt": prompt},
+    {"task": "extend", "video": video, "prompt": prompt},
+    {"task": "extend_backward", "video": video, "prompt": prompt},
     {"task": "loop", "prompt": "a yellow triangle bouncing"},
-    {"task": "interpolate", "image": start, "end_image": f"{out}/end_other.mp4"},
+    {"task": "interpolate", "image": start, "end_image": f"{out}/end_other.mp4", "prompt": prompt},
     {"task": "edit", "video": video, "prompt": "a green square moving left", "strength": 0.6},
     {"task": "long", "num_frames": 49, "prompt": "a blue circle bouncing"},
 ]
