@@ -269,7 +269,6 @@ def run(cfg, workdir: str) -> None:
   rows = []
   for n, (s, prompts, inputs) in enumerate(jobs, 1):
     job = f"job {n}/{len(jobs)} " if len(jobs) > 1 else ""
-    done = 0
     for i in range(0, len(prompts), s.batch_size):
       batch = prompts[i:i + s.batch_size]
       seeds = [s.seed + i + j for j in range(len(batch))]
@@ -279,8 +278,7 @@ def run(cfg, workdir: str) -> None:
                              long_window=s.long_window, long_overlap=s.long_overlap,
                              shift=s.shift, **inputs)
       rows += write_samples(videos, batch, seeds, s.task, out_dir, cfg.data.fps, s.gif, len(rows))
-      done += len(batch)
-      print(f"[sample] {job}{done}/{len(prompts)} {s.task} samples ({time.time() - t0:.0f}s)",
+      print(f"[sample] {job}{i + len(batch)}/{len(prompts)} {s.task} samples ({time.time() - t0:.0f}s)",
             flush=True)
   index = os.path.join(out_dir, "samples.json")
   existing = []
