@@ -53,7 +53,10 @@ def enable_compilation_cache(workdir: str) -> None:
   cache = os.environ.get("SORA_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache",
                                                         "sora_jax_xla"))
   jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+  # Programs compiling faster than this are not cached (SORA_JAX_CACHE_MIN_SECS; the tests
+  # set 0 so their many tiny subprocess compiles are shared).
+  jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                    float(os.environ.get("SORA_JAX_CACHE_MIN_SECS", "1.0")))
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
   del workdir
 

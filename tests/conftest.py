@@ -12,5 +12,8 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_compilation_cache_dir", os.environ["SORA_JAX_CACHE"])
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Subprocesses (python -m sora_jax in the end-to-end, notebook and multi-host tests) cache
+# every compile too: their tiny programs repeat across tests and compile in under a second.
+os.environ.setdefault("SORA_JAX_CACHE_MIN_SECS", "0")
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)

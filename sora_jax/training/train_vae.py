@@ -113,13 +113,19 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
   return init_state, train_step
 
 
-def reconstruction_metrics(vae, params, videos_uint8: list[np.ndarray]) -> dict:
-  """Mean PSNR/SSIM of VAE reconstructions (posterior mean) of uint8 THWC clips."""
+def make_reconstruct(vae):
+  """jit((params, video) -> decode(posterior mean)): build once, reuse at every validation."""
   @jax.jit
   def recon(p, x):
     mean, _ = vae.apply({"params": p}, x, method=vae.encode)
     return vae.apply({"params": p}, mean, method=vae.decode)
+  return recon
 
+
+def reconstruction_metrics(vae, params, videos_uint8: list[np.ndarray], recon=None) -> dict:
+  """Mean PSNR/SSIM of VAE reconstructions (posterior mean) of uint8 THWC clips; `recon`
+  (from make_reconstruct) saves re-tracing when called repeatedly."""
+  recon = recon or make_reconstruct(vae)
   psnrs, ssims = [], []
   for v in videos_uint8:
     x = image_metrics.to_unit(v)[None]
@@ -161,10 +167,11 @@ def run(cfg, workdir: str) -> None:
   data_iter = pipeline.make_iterator(cfg, paths.data_dir(cfg, workdir), split="train",
                                      batch_size=vt.batch_size)
   val = [x["video"] for x in build.validation_examples(cfg, workdir, min(16, cfg.eval.num_vae_clips))]
+  recon = make_reconstruct(vae)
   t0 = time.time()
 
   def eval_fn(state, step):
-    m = reconstruction_metrics(vae, jax.device_get(state["ema"]), val)
+    m = reconstruction_metrics(vae, jax.device_get(state["ema"]), val, recon)
     return {"val_psnr": m["psnr"], "val_ssim": m["ssim"], "wall_s": time.time() - t0}
 
   loop.train_loop(workdir=workdir, ckpt_dir=paths.vae_checkpoints(workdir), train_cfg=cfg.train,
