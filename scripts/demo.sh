@@ -42,8 +42,9 @@ stamp "sample every task"
 OUT="$WORKDIR/samples"
 mkdir -p "$OUT/inputs"
 "$PY" - "$OUT/inputs" <<'PYEOF'
-# Inputs for the conditioned tasks (a ShapesWorld clip and its first/last frames), the t2v
-# prompts, and the jobs file: one JSON object of sample.* fields a line (sample.jobs_file).
+# Inputs for the conditioned tasks (a ShapesWorld clip, its first frame and the first frame
+# of another clip), the t2v prompts, and the jobs file: one JSON object of sample.* fields a
+# line (sample.jobs_file).
 # The tasks that continue the clip or start from its first frame get the clip's own prompt.
 import json, sys
 from sora_jax.data import shapes_world, video_io
@@ -51,7 +52,6 @@ out = sys.argv[1]
 clip = shapes_world.generate_clip(12345, 17, 32, 32, two_object_fraction=0.0)
 video_io.write_mp4(f"{out}/clip.mp4", clip["video"], 8)
 video_io.write_mp4(f"{out}/start.mp4", clip["video"][:1], 8)
-video_io.write_mp4(f"{out}/end.mp4", clip["video"][-1:], 8)
 end = shapes_world.generate_clip(777, 17, 32, 32, two_object_fraction=0.0)
 video_io.write_mp4(f"{out}/end_other.mp4", end["video"][:1], 8)
 prompt = clip["prompt"]

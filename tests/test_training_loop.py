@@ -161,3 +161,17 @@ def test_eta_does_not_count_the_compile_before_the_first_step(tmp_path, monkeypa
   lines = capsys.readouterr().out.splitlines()
   assert "ETA 0:07:30" in lines[0]  # 90 steps at the only rate known yet (50 s / 10 steps)
   assert "ETA 0:00:40" in lines[1] and "ETA 0:00:35" in lines[2], lines
+
+
+def test_an_eval_row_for_a_logged_step_prints_no_rate(tmp_path, monkeypatch, capsys):
+  """A second row for the same step (validation) has no steps/s of its own: the progress
+  line leaves it out rather than printing 0.00, and metrics.jsonl has no steps_per_s."""
+  clock = iter([0.0, 10.0, 12.0])
+  monkeypatch.setattr(metrics.time, "time", lambda: next(clock))
+  log = metrics.MetricsLogger(str(tmp_path), total_steps=100, tensorboard=False)
+  train_row = log.log(10, {"loss": 1.0})
+  eval_row = log.log(10, {"val_psnr": 20.0})
+  lines = capsys.readouterr().out.splitlines()
+  assert "1.00 steps/s" in lines[0] and "steps/s" not in lines[1], lines
+  assert "val_psnr=20" in lines[1]
+  assert train_row["steps_per_s"] == 1.0 and "steps_per_s" not in eval_row

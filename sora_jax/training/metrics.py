@@ -25,7 +25,7 @@ class MetricsLogger:
     # The ETA's rate is measured from the first logged step on, so that the compile (and
     # restore) before it does not count as training time; until then, from the start.
     self._rate_from = (self._t0, start_step)
-    self._rate_set = False
+    self._rate_measured = False  # whether _rate_from is the first logged step yet
     self._tb = None
     if self.active and tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
@@ -36,7 +36,7 @@ class MetricsLogger:
     now = time.time()
     row = {"step": int(step), "mode": self.tag, **{k: float(v) for k, v in metrics.items()},
            "elapsed_s": now - self._t0}
-    steps_per_s = 0.0
+    steps_per_s = None
     if step > self._last_step:  # a second row for the same step (evals) carries no timing
       steps_per_s = (step - self._last_step) / max(now - self._last_t, 1e-9)
       row["steps_per_s"] = steps_per_s
@@ -44,8 +44,8 @@ class MetricsLogger:
     t_from, step_from = self._rate_from
     rate = (step - step_from) / max(now - t_from, 1e-9)
     eta = (self.total - step) / rate if rate > 0 else float("nan")
-    if not self._rate_set and step > step_from:
-      self._rate_from, self._rate_set = (now, step), True
+    if not self._rate_measured and step > step_from:
+      self._rate_from, self._rate_measured = (now, step), True
     if not self.active:
       return row
     with open(self.path, "a") as f:
@@ -59,7 +59,8 @@ class MetricsLogger:
     bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
     extras = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss")
     loss = f"loss={row['loss']:.5f} " if "loss" in row else ""
-    print(f"[{self.tag}] [{bar}] step {step}/{self.total} {loss}{steps_per_s:.2f} steps/s "
+    rate_text = "" if steps_per_s is None else f"{steps_per_s:.2f} steps/s "
+    print(f"[{self.tag}] [{bar}] step {step}/{self.total} {loss}{rate_text}"
           f"ETA {_fmt(eta)} {extras}", file=sys.stdout, flush=True)
     return row
 
