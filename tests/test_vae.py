@@ -118,15 +118,15 @@ def test_logvar_init_sets_the_initial_posterior_variance():
   cfg = base_config()
   cfg.vae.base_dim, cfg.vae.z_dim = 8, 4
   x = _video(3, 5, 8, 8)
-  encode = None
+  # logvar_init only sets an initializer: one compiled encoder serves both configs.
+  encoder = vae_from_config(cfg)
+  encode = jax.jit(lambda v, x: encoder.apply(v, x, method=WanVAE.encode))
   for init in (0.0, -6.0):
     cfg.vae.logvar_init = init
     vae = vae_from_config(cfg)
     v = nn.unbox(jax.jit(lambda k, vae=vae: init_variables(vae, k))(jax.random.key(0)))
     bias = np.asarray(v["params"]["quant_conv"]["bias"])
     np.testing.assert_array_equal(bias, [0.0] * 4 + [init] * 4)
-    # logvar_init only sets an initializer: one compiled encoder serves both configs.
-    encode = encode or jax.jit(lambda v, x, vae=vae: vae.apply(v, x, method=WanVAE.encode))
     mean, logvar = encode(v, x)
     assert abs(float(jnp.mean(logvar)) - init) < 1.0, (init, float(jnp.mean(logvar)))
 
