@@ -13,8 +13,11 @@ os.environ.setdefault("SORA_JAX_CACHE_MIN_SECS", "0")
 
 import jax  # noqa: E402
 
-from sora_jax import main  # noqa: E402
-
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
-main.enable_compilation_cache(None)  # the entry point's own cache setup, from the variables above
+# The settings of sora_jax.main.enable_compilation_cache, which cannot be imported here:
+# sora_jax.main defines absl flags (--config) that scripts imported by tests define too.
+jax.config.update("jax_compilation_cache_dir", os.environ["SORA_JAX_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["SORA_JAX_CACHE_MIN_SECS"]))
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
