@@ -57,7 +57,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Initial posterior log-variance (bias of the encoder's last 1x1 conv). 0 makes the
   # training latent mean + N(0, 1) noise at the start; with a tiny KL weight the encoder
   # must first learn to shrink it, and the decoder trains on noisy latents meanwhile.
-  # -6 (std 0.05): +1.3 dB validation PSNR at 500 steps, +0.4 dB at 1000 (README).
+  # -6 (std 0.05): +1.3 dB validation PSNR at 500 steps, +0.4 dB at 1000 (docs/results.md).
   cfg.vae.logvar_init = -6.0
 
   cfg.vae_train = C()
@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Base timestep shift (training t and the sampling schedule); scaled by
   # sqrt(tokens / shift_base_tokens). Flat ShapesWorld scenes stay recognisable up to
   # high noise, so 1.0 left t > 0.8 (where the caption decides the content) to 8% of
-  # samples and the DiT ignored the caption; 3.0 (t > 0.8 for 39%) follows it (README).
+  # samples and the DiT ignored the caption; 3.0 (t > 0.8 for 39%) follows it (docs/results.md).
   cfg.diffusion.shift = 3.0
   cfg.diffusion.shift_base_tokens = 80  # Token count at which the shift is diffusion.shift (17x32x32 demo clips).
   cfg.diffusion.shift_resolution_dependent = True  # Scale the shift with sequence length (else use diffusion.shift as is).
