@@ -1,8 +1,9 @@
 """Every configurable field of sora_jax, with its default.
 
 Config files under `configs/` start from `base_config()` and change what their target
-needs; nothing outside this file invents new keys, so an unknown `--config.x.y=v` is
-always a clear error (ml_collections refuses keys that do not exist here).
+needs; nothing outside this file invents new keys: the returned config is locked, so a
+key a config file sets that is not here, like an unknown `--config.x.y=v`, is a clear
+error.
 
 The docs' configuration reference is generated from this file (scripts/config_doc.py),
 so each field's comment here is its documentation.
@@ -226,4 +227,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Set, the DiT/VAE/text encoder come from it instead of workdir checkpoints; see
   # configs/wan2_1_*.py and docs/open_weights.md.
   cfg.weights = ""
+  # Locked: a config file (or code) setting a key that is not above fails at once (a
+  # typo would otherwise add a field nothing reads). Values stay changeable.
+  cfg.lock()
   return cfg

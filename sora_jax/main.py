@@ -7,7 +7,9 @@ never pays for the model code.
 """
 import importlib
 import os
+import re
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -99,6 +101,10 @@ def _flags_parser(argv):
     print(f"sora_jax: error: {e}", file=sys.stderr)
     sys.exit(2)
   except (KeyError, AttributeError, ValueError, TypeError) as e:
+    in_file = _config_file_error(e, argv)
+    if in_file:
+      print(f"sora_jax: error: {in_file}", file=sys.stderr)
+      sys.exit(2)
     # ml_collections raises these for unknown keys / wrong types in --config.a.b=v.
     msg = str(e).strip("'\"").splitlines()[0]
     bad = [a for a in argv if a.startswith("--config.") and msg in a.split("=", 1)[0]]
@@ -106,6 +112,24 @@ def _flags_parser(argv):
     print(f"sora_jax: error: unknown or invalid config key {msg!r}{where}; every key is listed "
           "in sora_jax/config_defaults.py", file=sys.stderr)
     sys.exit(2)
+
+
+def _config_file_error(e: Exception, argv) -> str | None:
+  """One line for a config file that sets a key base_config() lacks (the config is locked),
+  naming the file, line and key; None when `e` was not raised by that."""
+  found = re.search(r'Key "(\w+)" does not exist and cannot be added since the config is locked',
+                    str(e))
+  files = [a.split("=", 1)[1].split(":")[0] for a in argv if a.startswith("--config=")]
+  if not found or not files:
+    return None
+  frames = [f for f in traceback.extract_tb(e.__traceback__)
+            if os.path.basename(f.filename) == os.path.basename(files[0])]
+  if not frames:
+    return None
+  hint = re.search(r'Did you mean "(\w+)"', str(e))
+  hint = f' (did you mean "{hint.group(1)}"?)' if hint else ""
+  return (f"{files[0]} line {frames[-1].lineno} sets {found.group(1)!r}, a key base_config() "
+          f"lacks{hint}; every key is listed in sora_jax/config_defaults.py")
 
 
 def run() -> None:
