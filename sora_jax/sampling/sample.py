@@ -1,4 +1,4 @@
-"""`--mode=sample`: prompts (and images / clips) -> videos, for every task of the Contract.
+"""`--mode=sample`: prompts (and images / clips) -> videos, for every task (docs/sampling.md).
 
 `VideoPipeline` holds the frozen text encoder, the VAE and the DiT (EMA weights by
 default) of a workdir and turns a task into pixels:
