@@ -157,3 +157,25 @@ def test_a_missing_libtpu_is_one_line_naming_the_extra(monkeypatch):
                       lambda name, *a: None if name == "libtpu" else real(name, *a))
   with pytest.raises(config_check.ConfigError, match=r"pip install -e \.\[tpu\]"):
     aot.topology_devices("v5e:2x2")
+
+
+def test_search_candidates_divide_evenly_and_come_cheapest_first():
+  from sora_jax.parallel import planning
+  cfg = tiny()
+  clip = planning.Clip("train", 13, 64, 64)
+  full = planning.candidate_layouts(cfg, clip, 8, hbm_bytes=1e12, batch=8)
+  tokens = planning.tokens_per_clip(cfg, clip)
+  for r in full:
+    m = r["mesh"]
+    assert m["data"] * m["fsdp"] * m["sequence"] * m["tensor"] == 8
+    assert 8 % (m["data"] * m["fsdp"]) == 0 and tokens % m["sequence"] == 0
+    assert cfg.dit.num_heads % m["tensor"] == 0
+    ulysses = (cfg.dit.num_heads // m["tensor"]) % m["sequence"] == 0  # heads split again
+    assert r["attention"] == ("splash" if m["sequence"] == 1 else
+                              "ulysses" if ulysses else "ring")
+  costs = [r["est_collective_bytes"] for r in full]
+  assert costs == sorted(costs) and len(full) > 10
+  # A memory budget keeps only layouts the planner thinks fit (within its 15% margin).
+  budget = sorted(r["est_bytes"] for r in full)[len(full) // 2]
+  tight = planning.candidate_layouts(cfg, clip, 8, hbm_bytes=budget, batch=8)
+  assert 0 < len(tight) < len(full) and all(r["est_bytes"] <= 1.15 * budget for r in tight)
