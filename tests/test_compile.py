@@ -106,6 +106,18 @@ def test_compile_json_has_the_contract_fields_and_refuses_what_does_not_fit(fsdp
   assert error.startswith("the train step does not fit v5e:2x2:") and "\n" not in error
 
 
+def test_flops_count_every_layer(fsdp_tensor):
+  """The HLO's matmul FLOPs weighted by loop trips agree with the analytic count (XLA's own
+  cost_analysis sees the scanned layers once)."""
+  cfg = tiny()
+  l, d, layers = 4 * 8 * 8, cfg.dit.dim, cfg.dit.num_layers
+  fwd = dit_lib.count_flops(cfg, 4, 16, 16, cfg.text.max_length)
+  fwd -= layers * 2 * 2 * l * l * d  # splash's QK^T and PV: a Pallas kernel, not counted
+  per_chip = 4 * fwd * cfg.data.batch_size / 4  # forward, backward (2x), remat's recompute
+  ratio = fsdp_tensor[0]["train"]["flops_per_chip"] / per_chip
+  assert 0.9 < ratio < 1.3, ratio
+
+
 def test_fsdp_gathers_parameters_and_scatters_gradients(fsdp_tensor):
   train = fsdp_tensor[0]["train"]["collectives"]
   assert train.get("all-gather", 0) > 0 and train.get("reduce-scatter", 0) > 0

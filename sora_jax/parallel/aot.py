@@ -12,7 +12,9 @@ the TPU compiler. What the compiler says is the answer:
   bytes_per_chip   `memory_analysis()`: arguments, outputs, temporaries; total =
                    arguments + outputs + temps - aliased (donated state counted once)
   fits             total <= the chip's HBM (sora_jax/parallel/chips.py)
-  flops_per_chip   `cost_analysis()` (Pallas kernels such as splash are not counted)
+  flops_per_chip   the matmuls (dots, convolutions) of the optimized HLO, each weighted by
+                   its loops' trip counts (`cost_analysis()` counts a scanned layer once);
+                   Pallas kernels such as splash are opaque and not counted
   collectives      kind -> count of collective ops in the optimized HLO (static count; a
                    reduce-scatter the TPU compiler fuses as `all-reduce-scatter` counts as
                    reduce-scatter)
@@ -193,16 +195,51 @@ def _trip_count(cond_lines: list) -> int:
   """Iterations of a while loop from its condition `i < N` (XLA:TPU drops
   known_trip_count; scans and fori_loops count from 0). 1 if not of that form."""
   consts = [int(m.group(1)) for line in cond_lines
-            for m in [re.search(r"s32\[\][^=]*=\s*s32\[\]\S*\s+constant\((\d+)\)", line)] if m]
+            for m in [re.search(r"=\s*s32\[\]\S*\s+constant\((\d+)\)", line)] if m]
   lt = any("direction=LT" in line for line in cond_lines)
   return consts[0] if lt and len(consts) == 1 else 1
+
+
+# Ops that move no data through HBM (views, bookkeeping, control flow counted in callees).
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while",
+               "conditional", "call", "after-all", "partition-id", "replica-id", "copy-done",
+               "all-gather-done", "all-reduce-done", "collective-permute-done", "send-done",
+               "recv-done", "opt-barrier"}
+
+
+def _dims(shape: str) -> list[int]:
+  arrays = [a for a in _SHAPE.findall(shape)]
+  return [int(d) for d in arrays[0][1].split(",") if d] if arrays else []
+
+
+def _matmul_flops(op: str, shape: str, rest: str, shapes: dict) -> int:
+  """2 x multiply-adds of a dot or a convolution (how the TPU compiler writes matmuls):
+  output elements x the contracted size (a convolution's kernel elements per output
+  feature; a dot's contracting dims of its left operand)."""
+  out = math.prod(_dims(shape))
+  operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+  if op == "convolution" and len(operands) >= 2:
+    labels = re.search(r"dim_labels=\w*_(\w+)->", rest)
+    kernel = _dims(shapes.get(operands[1], ""))
+    if not labels or len(kernel) != len(labels.group(1)):
+      return 0
+    return 2 * out * math.prod(kernel) // kernel[labels.group(1).index("o")]
+  if op == "dot" and operands:
+    lhs = _dims(shapes.get(operands[0], ""))
+    contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+    if not lhs or not contract:
+      return 0
+    return 2 * out * math.prod(lhs[int(i)] for i in contract.group(1).split(",") if i)
+  return 0
 
 
 def hlo_summary(hlo: str) -> dict:
   """Collectives and custom calls of an optimized HLO module.
 
   Returns {'collectives': {kind: count}, 'custom_calls': {target: count},
-  'collective_bytes': bytes per execution}. Counts are static: an op inside the scanned
+  'collective_bytes', 'matmul_flops', 'hbm_bytes': per execution}. FLOPs are the dots
+  and convolutions; HBM bytes what every unfused instruction reads and writes (fusions'
+  insides stay on chip). Counts are static: an op inside the scanned
   layer counts once. Bytes weight each op by how often it runs (while-loop trip counts)
   and approximate what one chip sends with ring algorithms: the result of an all-gather,
   all-to-all or collective-permute, twice the result of an all-reduce, the operands of a
@@ -210,16 +247,30 @@ def hlo_summary(hlo: str) -> dict:
   fusions (an all-reduce and slices inside); each counts as one reduce-scatter.
   """
   comps = _computations(hlo)
-  counts, customs, own, calls = {}, {}, {}, {}
+  counts, customs, own, calls, flops, traffic = {}, {}, {}, {}, {}, {}
+  fused = set()  # computations inlined into a fusion: their values never reach HBM
+  for value in comps.values():
+    for line in value[1] if isinstance(value, tuple) else ():
+      if " fusion(" in line:
+        fused.update(re.findall(r"calls=%?([\w.\-]+)", line))
   for name, value in comps.items():
     if name == "__entry__" or name.startswith("all-reduce-scatter"):
       continue  # the fusion's insides are counted at the fusion
-    own[name], calls[name] = 0, []
+    own[name], calls[name], flops[name], traffic[name] = 0, [], 0, 0
+    shapes = {}  # instruction -> its shape, for matmul operands and HBM traffic
     for line in value[1]:
       m = _INSTR.match(line)
       if not m:
         continue
       instr, shape, op, rest = m.groups()
+      shapes[instr] = shape
+      if name not in fused and op not in _NO_TRAFFIC:
+        # An unfused instruction reads its operands from HBM and writes its result there.
+        operands = re.findall(r"%([\w.\-]+)", rest.split("),")[0])
+        traffic[name] += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, ""))
+                                                   for o in operands)
+      if op in ("convolution", "dot"):
+        flops[name] += _matmul_flops(op, shape, rest, shapes)
       base = op[:-len("-start")] if op.endswith("-start") else op
       kind, nbytes = None, 0
       if base in COLLECTIVES:
@@ -258,18 +309,21 @@ def hlo_summary(hlo: str) -> dict:
         for group in re.findall(r"branch_computations=\{([^}]*)\}", rest):
           calls[name] += [(c.strip().lstrip("%"), 1) for c in group.split(",")]
 
-  memo = {}
+  def weighted(per_comp):
+    memo = {}
 
-  def total(name, depth=0):
-    if name not in memo:
-      memo[name] = 0 if depth > 100 else own.get(name, 0) + sum(
-          t * total(c, depth + 1) for c, t in calls.get(name, ()))
-    return memo[name]
+    def total(name, depth=0):
+      if name not in memo:
+        memo[name] = 0 if depth > 100 else per_comp.get(name, 0) + sum(
+            t * total(c, depth + 1) for c, t in calls.get(name, ()))
+      return memo[name]
+    entry = comps.get("__entry__")
+    return total(entry) if entry else 0
 
-  entry = comps.get("__entry__")
   return {"collectives": dict(sorted(counts.items())),
           "custom_calls": dict(sorted(customs.items())),
-          "collective_bytes": total(entry) if entry else 0}
+          "collective_bytes": weighted(own), "matmul_flops": weighted(flops),
+          "hbm_bytes": weighted(traffic)}
 
 
 def cross_slice_transfers(hlo: str) -> dict:
@@ -299,20 +353,18 @@ def program_report(compiled, hlo: str, chip: chips.Chip | None, seconds: float):
   args, outs, temps = (int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp"))
   alias = int(m.alias_size_in_bytes)
   total = args + outs + temps - alias
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   summary = hlo_summary(hlo)
   hbm = chip.hbm_bytes if chip else None
   report = {
       "bytes_per_chip": {"arguments": args, "outputs": outs, "temps": temps, "total": total},
       "hbm_bytes_per_chip": hbm,
       "fits": bool(hbm is not None and total <= hbm),
-      "flops_per_chip": float(cost.get("flops", 0.0)) if cost else 0.0,
+      "flops_per_chip": float(summary["matmul_flops"]),
       "collectives": summary["collectives"],
       "custom_calls": summary["custom_calls"],
       "compile_seconds": round(seconds, 1),
   }
-  return report, summary["collective_bytes"], float(cost.get("bytes accessed", 0.0)) if cost else 0.0
+  return report, summary["collective_bytes"], float(summary["hbm_bytes"])
 
 
 def estimate_step_seconds(chip: chips.Chip, flops: float, hbm_bytes: float,
@@ -329,7 +381,7 @@ class Compiled:
   """One program's compile.json figures plus what the estimates need."""
   report: dict
   collective_bytes: int
-  bytes_accessed: float
+  bytes_accessed: float  # HBM bytes read and written (hlo_summary).
   hlo: str  # The optimized TPU HLO.
 
 
