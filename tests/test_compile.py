@@ -110,9 +110,9 @@ def test_flops_count_every_layer(fsdp_tensor):
   """The HLO's matmul FLOPs weighted by loop trips agree with the analytic count (XLA's own
   cost_analysis sees the scanned layers once)."""
   cfg = tiny()
-  l, d, layers = 4 * 8 * 8, cfg.dit.dim, cfg.dit.num_layers
+  # Splash (a Pallas kernel, opaque to the compiler) is added analytically; the other
+  # matmuls are the HLO's.
   fwd = dit_lib.count_flops(cfg, 4, 16, 16, cfg.text.max_length)
-  fwd -= layers * 2 * 2 * l * l * d  # splash's QK^T and PV: a Pallas kernel, not counted
   per_chip = 4 * fwd * cfg.data.batch_size / 4  # forward, backward (2x), remat's recompute
   ratio = fsdp_tensor[0]["train"]["flops_per_chip"] / per_chip
   assert 0.9 < ratio < 1.3, ratio
@@ -187,7 +187,16 @@ def test_search_candidates_divide_evenly_and_come_cheapest_first():
                               "ulysses" if ulysses else "ring")
   costs = [r["est_collective_bytes"] for r in full]
   assert costs == sorted(costs) and len(full) > 10
-  # A memory budget keeps only layouts the planner thinks fit (within its 15% margin).
+  # A memory budget keeps only layouts the planner thinks fit.
   budget = sorted(r["est_bytes"] for r in full)[len(full) // 2]
   tight = planning.candidate_layouts(cfg, clip, 8, hbm_bytes=budget, batch=8)
-  assert 0 < len(tight) < len(full) and all(r["est_bytes"] <= 1.15 * budget for r in tight)
+  assert 0 < len(tight) < len(full) and all(r["est_bytes"] <= budget for r in tight)
+
+
+def test_a_program_the_compiler_refuses_for_memory_is_reported_with_its_figures():
+  from sora_jax.parallel import aot, chips
+  msg = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+         "temporaries (39.77G) exceeds available HBM (31.25G).")
+  r = aot.out_of_memory_report(msg, chips.CHIPS["v6e"], 12.0)
+  assert r["fits"] is False and r["bytes_per_chip"]["temps"] == int(39.77 * 2 ** 30)
+  assert r["hbm_bytes_per_chip"] == int(31.25 * 2 ** 30) == chips.CHIPS["v6e"].hbm_bytes

@@ -13,13 +13,16 @@ the TPU compiler. What the compiler says is the answer:
                    arguments + outputs + temps - aliased (donated state counted once)
   fits             total <= the chip's HBM (sora_jax/parallel/chips.py)
   flops_per_chip   the matmuls (dots, convolutions) of the optimized HLO, each weighted by
-                   its loops' trip counts (`cost_analysis()` counts a scanned layer once);
-                   Pallas kernels such as splash are opaque and not counted
+                   its loops' trip counts (`cost_analysis()` counts a scanned layer once),
+                   plus the attention FLOPs of the splash kernels (Pallas kernels are
+                   opaque to the compiler: analytic, `kernel_flops`)
   collectives      kind -> count of collective ops in the optimized HLO (static count; a
                    reduce-scatter the TPU compiler fuses as `all-reduce-scatter` counts as
                    reduce-scatter)
   custom_calls     target -> count; Pallas kernels as `tpu_custom_call:KERNEL` (splash:
                    `splash_mha_fwd...`, `splash_mha_dq...`, `splash_mha_dkv...`)
+
+The optimized TPU HLO of each program is written beside it (DIR/compile_PROGRAM.hlo.txt).
 
 Shapes: the train step at `compile.bucket` (default: the data bucket with the most
 tokens) x `data.batch_size`; the sample step at sample.{num_frames, height, width} x
@@ -367,6 +370,25 @@ def program_report(compiled, hlo: str, chip: chips.Chip | None, seconds: float):
   return report, summary["collective_bytes"], float(summary["hbm_bytes"])
 
 
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def out_of_memory_report(message: str, chip: chips.Chip | None, seconds: float) -> dict:
+  """compile.json's entry for a program the TPU compiler refused for lack of HBM; its
+  figures come from the compiler's message ('temporaries (39.77G) exceeds available HBM
+  (31.25G)', binary units), those it does not give are null."""
+  found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)",
+                    message)
+  temps = hbm = None
+  if found:
+    temps = int(float(found.group(1)) * _UNITS[found.group(2)])
+    hbm = int(float(found.group(3)) * _UNITS[found.group(4)])
+  return {"bytes_per_chip": {"arguments": None, "outputs": None, "temps": temps, "total": None},
+          "hbm_bytes_per_chip": hbm or (chip.hbm_bytes if chip else None), "fits": False,
+          "flops_per_chip": None, "collectives": {}, "custom_calls": {},
+          "compile_seconds": round(seconds, 1)}
+
+
 def estimate_step_seconds(chip: chips.Chip, flops: float, hbm_bytes: float,
                           collective_bytes: float) -> float:
   """A floor on one step's time: the slowest of compute at peak, HBM traffic at full
@@ -385,6 +407,24 @@ class Compiled:
   hlo: str  # The optimized TPU HLO.
 
 
+def kernel_flops(cfg, program: str, chips_: int) -> float:
+  """Per-chip FLOPs of the splash kernels of `program` (QK^T and PV of self- and
+  cross-attention, analytic): Pallas kernels are opaque to the compiler's count."""
+  if program == "train":
+    frames, height, width = train_clip(cfg)
+    clips = cfg.data.batch_size * (4 if cfg.dit.remat_policy != "none" else 3)
+  else:
+    s = cfg.sample
+    frames, height, width = (1 if s.task == "t2i" else s.num_frames), s.height, s.width
+    calls = (1 if s.cfg_scale == 1 else 2) * (2 if s.solver == "heun" else 1)
+    clips = s.batch_size * calls * s.steps
+  t, h, w = config_check.latent_size(cfg, frames, height, width)
+  pt, ph, pw = cfg.dit.patch_size
+  tokens = (t // pt) * (h // ph) * (w // pw)
+  per_layer = 2 * 2 * tokens * (tokens + cfg.text.max_length) * cfg.dit.dim
+  return per_layer * cfg.dit.num_layers * clips / chips_
+
+
 def compile_program(cfg, mesh, program: str, chip: chips.Chip | None) -> Compiled:
   """Compiles `program` ('train' or 'sample') for the mesh; attention fallbacks are errors."""
   t0 = time.perf_counter()
@@ -393,6 +433,8 @@ def compile_program(cfg, mesh, program: str, chip: chips.Chip | None) -> Compile
   seconds = time.perf_counter() - t0
   hlo = compiled.as_text()
   report, coll, accessed = program_report(compiled, hlo, chip, seconds)
+  if any(k.startswith("tpu_custom_call:splash") for k in report["custom_calls"]):
+    report["flops_per_chip"] += kernel_flops(cfg, program, mesh.devices.size)
   return Compiled(report, coll, accessed, hlo)
 
 
@@ -439,8 +481,17 @@ def run(cfg, workdir: str) -> None:
     print(f"[compile] no chip figures for {c.topology!r} in sora_jax/parallel/chips.py: "
           "memory is reported, fit and estimates are not", flush=True)
   results = {}
+  refused = {}
   for name in programs:
-    results[name] = compile_program(cfg, mesh, name, chip)
+    t0 = time.perf_counter()
+    try:
+      results[name] = compile_program(cfg, mesh, name, chip)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      refused[name] = out_of_memory_report(str(e), chip, time.perf_counter() - t0)
+      print(f"[compile] {name}: the compiler ran out of HBM", flush=True)
+      continue
     print(f"[compile] {name}: compiled in {results[name].report['compile_seconds']:.0f}s",
           flush=True)
     if c.num_slices > 1:
@@ -448,14 +499,24 @@ def run(cfg, workdir: str) -> None:
       print(f"[compile] {name}: bytes sent across slices (DCN) by kind: "
             f"{', '.join(f'{k} {v / 1e6:.3f} MB' for k, v in dcn.items()) or 'none'}",
             flush=True)
-  report = {"topology": c.topology, "chips": len(devices),
-            "mesh": dict(mesh.shape), **{k: v.report for k, v in results.items()}}
+  for name, r in results.items():  # for reading the collectives and kernels yourself
+    with open(os.path.join(workdir, f"compile_{name}.hlo.txt"), "w") as f:
+      f.write(r.hlo)
+  report = {"topology": c.topology, "chips": len(devices), "mesh": dict(mesh.shape),
+            **{k: (results[k].report if k in results else refused[k]) for k in programs}}
   path = os.path.join(workdir, "compile.json")
   with open(path, "w") as f:
     json.dump(report, f, indent=1)
-  print(table(results, chip), flush=True)
+  if results:
+    print(table(results, chip), flush=True)
   print(f"[compile] wrote {path}; the step time is an estimate from chip peaks "
         "(sora_jax/parallel/chips.py), not a measurement", flush=True)
+  for name, r in refused.items():
+    temps, hbm = r["bytes_per_chip"]["temps"], r["hbm_bytes_per_chip"]
+    need = (f"needs {_gb(temps)} GB of temporaries per chip besides the arguments, > "
+            f"{_gb(hbm)} GB available HBM" if temps else "ran out of HBM")
+    raise ConfigError(f"the {name} step does not fit {c.topology}: the TPU compiler {need}; "
+                      "try --config.compile.search=True for a layout that fits")
   for name, r in results.items():
     b = r.report["bytes_per_chip"]
     hbm = r.report["hbm_bytes_per_chip"]

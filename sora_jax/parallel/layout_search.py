@@ -2,7 +2,7 @@
 
 "How do I run this config on a v5p-128?" The planner (sora_jax/parallel/planning.py)
 proposes every layout of the topology's chips, data x fsdp x sequence x tensor x remat
-policy x attention kernel, that it thinks fits (its memory estimate within 15% of HBM),
+policy x attention kernel, that it thinks fits (its TPU memory estimate within HBM),
 ranked by its estimate of the bytes each chip sends in collectives per step; the best
 `compile.search_top` are compiled for the topology (the train step, as `--mode=compile`
 does) and the ones the compiler says fit are printed ordered by the collective bytes in
