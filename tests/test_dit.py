@@ -117,6 +117,25 @@ def test_scan_and_unrolled_layers_agree(tiny):
                              np.asarray(apply({"params": params}, x, t, text)), atol=1e-5)
 
 
+def test_unrolled_scan_keeps_parameters_values_and_gradients(tiny):
+  """dit.scan_unroll=0 (speed) reads the same stacked tree and computes the same function."""
+  cfg, _, params, _ = tiny
+  x, t, text = inputs(2, 2, 4, 4)
+  assert (jax.tree.map(np.shape, nn.unbox(dit.param_shapes(tiny_cfg(scan_unroll=0))))
+          == jax.tree.map(np.shape, params))
+
+  def grads(unroll):
+    model = dit.dit_from_config(tiny_cfg(scan_unroll=unroll))
+    loss = lambda p: jnp.sum(model.apply({"params": p}, x, t, text) ** 2)
+    return jax.jit(jax.value_and_grad(loss))(params)
+
+  (ref_loss, ref_g), (loss, g) = grads(1), grads(0)
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, ref_g)
+  with pytest.raises(ValueError, match="scan_unroll=-1"):
+    dit.dit_from_config(tiny_cfg(scan_unroll=-1)).apply({"params": params}, x, t, text)
+
+
 def test_remat_keeps_values_and_gradients(tiny):
   cfg, _, params, _ = tiny
   x, t, text = inputs(1, 1, 4, 4)

@@ -33,6 +33,10 @@ Parameters carry logical axis names ('embed', 'heads', 'mlp', 'channels', 'layer
 activations ('batch', 'tokens', 'text_tokens', 'embed', 'heads', 'kv', 'mlp'); the mesh
 rules in `config.mesh.rules` decide their sharding.
 
+Speed: q, k and v (in cross-attention k and v of the text) come from one matmul on their
+kernels stacked at apply time, the tree keeping separate to_q/to_k/to_v; `scan_unroll=0`
+unrolls the layer scan (the same parameters, no per-layer stacking of saved activations).
+
 Numerics: parameters in `param_dtype`; matmuls in `dtype`; LayerNorms, modulation, RoPE
 angles, the time MLP and attention softmax in float32 (as Wan keeps them). Output float32.
 """
@@ -53,6 +57,7 @@ _REMAT_POLICIES = {
 }
 
 _xavier = nn.initializers.xavier_uniform()
+
 
 
 def _dense(features, axes, dtype, param_dtype, name, kernel_init=_xavier):
@@ -153,6 +158,33 @@ class RMSNorm(nn.Module):
     return (y * w.astype(jnp.float32)).astype(x.dtype)
 
 
+class _DenseParams(nn.Module):
+  """nn.Dense's parameters (kernel (in, out), bias (out,)), same names, init and logical
+  axes, returned instead of applied: several projections of one input then run as one
+  matmul (`Attention`) while the parameter tree stays nn.Dense's."""
+  features: int
+  axes: tuple
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, in_features: int):
+    kernel = self.param("kernel", nn.with_logical_partitioning(_xavier, self.axes),
+                        (in_features, self.features), self.param_dtype)
+    bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                           (self.axes[-1],)),
+                      (self.features,), self.param_dtype)
+    return kernel, bias
+
+
+def _fused_projections(x_BLD, params, dtype):
+  """[x @ k + b for (k, b) in params] as one matmul against the kernels stacked (D, n, F)
+  (a new axis, so a kernel sharded over heads stays sharded), f32 accumulation as Dense."""
+  kernel = jnp.stack([k for k, _ in params], axis=1).astype(dtype)
+  bias = jnp.stack([b for _, b in params], axis=0).astype(dtype)
+  y_BLnF = jnp.einsum("bld,dnf->blnf", x_BLD.astype(dtype), kernel) + bias
+  return [y_BLnF[:, :, i] for i in range(len(params))]
+
+
 class Attention(nn.Module):
   """Self-attention (ctx=None, with RoPE) or cross-attention to ctx_BSD (no RoPE)."""
   dim: int
@@ -166,12 +198,16 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, ctx_BSD=None, ctx_mask_BS=None, rope=None):
-    dense = lambda axes, name: _dense(self.dim, axes, self.dtype, self.param_dtype, name)
-    src = x_BLD if ctx_BSD is None else ctx_BSD
     kv_tokens = "tokens" if ctx_BSD is None else "text_tokens"
-    q = dense(("embed", "heads"), "to_q")(x_BLD)
-    k = dense(("embed", "heads"), "to_k")(src)
-    v = dense(("embed", "heads"), "to_v")(src)
+    src_dim = (x_BLD if ctx_BSD is None else ctx_BSD).shape[-1]
+    proj = {n: _DenseParams(self.dim, ("embed", "heads"), self.param_dtype, name=n)(
+        x_BLD.shape[-1] if n == "to_q" else src_dim) for n in ("to_q", "to_k", "to_v")}
+    if ctx_BSD is None:  # Self-attention: q, k and v of x in one matmul.
+      q, k, v = _fused_projections(x_BLD, [proj["to_q"], proj["to_k"], proj["to_v"]],
+                                   self.dtype)
+    else:  # Cross-attention: q of x; k and v of the text in one matmul.
+      (q,) = _fused_projections(x_BLD, [proj["to_q"]], self.dtype)
+      k, v = _fused_projections(ctx_BSD, [proj["to_k"], proj["to_v"]], self.dtype)
     if self.qk_norm:
       q = RMSNorm(self.eps, self.param_dtype, name="norm_q")(q)
       k = RMSNorm(self.eps, self.param_dtype, name="norm_k")(k)
@@ -184,7 +220,7 @@ class Attention(nn.Module):
     v = nn.with_logical_constraint(v, ("batch", kv_tokens, "heads", "kv"))
     o = attend(q, k, v, kv_mask_BS=ctx_mask_BS, impl=self.impl, block=self.block)
     o = o.reshape(o.shape[:2] + (self.dim,))
-    return dense(("heads", "embed"), "to_out")(o)
+    return _dense(self.dim, ("heads", "embed"), self.dtype, self.param_dtype, "to_out")(o)
 
 
 class Block(nn.Module):
@@ -315,6 +351,7 @@ class WanDiT(nn.Module):
   dropout: float = 0.0
   rope_theta: float = 10000.0
   scan_layers: bool = True
+  scan_unroll: int = 1  # Layers per scan iteration; 0 = all (straight-line code, no loop).
   remat_policy: str = "none"
   attention: str = "xla"
   attention_block: int = 512
@@ -364,6 +401,9 @@ class WanDiT(nn.Module):
     text = nn.with_logical_constraint(text, ("batch", "text_tokens", "embed"))
     cos, sin = rope_tables(f, gh, gw, self.dim // self.num_heads, self.rope_theta)
 
+    if self.scan_unroll < 0:
+      raise ValueError(f"dit.scan_unroll={self.scan_unroll}: give a number of layers per scan "
+                       "iteration, or 0 for all of them")
     block = Block
     if self.remat_policy != "none":
       if self.remat_policy not in _REMAT_POLICIES:
@@ -380,6 +420,7 @@ class WanDiT(nn.Module):
       x, _ = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
+          unroll=self.scan_unroll or self.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})(**kw, name="blocks")(x, *args)
     else:
       for i in range(self.num_layers):
@@ -406,7 +447,8 @@ def dit_from_config(cfg) -> WanDiT:
       dim=d.dim, ffn_dim=d.ffn_dim, num_heads=d.num_heads, num_layers=d.num_layers,
       freq_dim=d.freq_dim, qk_norm=d.qk_norm, cross_attn_norm=d.cross_attn_norm, eps=d.eps,
       dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
-      remat_policy=d.remat_policy, attention=d.attention, attention_block=d.attention_block,
+      scan_unroll=d.scan_unroll, remat_policy=d.remat_policy, attention=d.attention,
+      attention_block=d.attention_block,
       pooled_text=bool(d.pooled_text), dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
