@@ -76,6 +76,18 @@ def parse_bucket_weights(spec: str, num_buckets: int) -> list[float] | None:
   return [w / sum(weights) for w in weights]
 
 
+def eval_timesteps(cfg) -> tuple[float, ...]:
+  """train.eval_timesteps as floats in (0, 1]."""
+  try:
+    ts = tuple(float(x) for x in str(cfg.train.eval_timesteps).split(","))
+  except ValueError:
+    ts = ()
+  if not ts or not all(0.0 < x <= 1.0 for x in ts):
+    raise ConfigError(f"train.eval_timesteps={cfg.train.eval_timesteps!r} must be comma-separated "
+                      "noise levels in (0, 1], e.g. '0.1,0.3,0.5,0.7,0.9'")
+  return ts
+
+
 def parse_weights(spec: str, names) -> dict[str, float]:
   """'a=0.5,b=0.5' -> {'a': 0.5, 'b': 0.5}, names checked, normalised to sum 1."""
   out = {}
@@ -183,6 +195,12 @@ def check(cfg, mode: str) -> None:
   for k in ("num_steps", "log_every", "checkpoint_every"):
     if cfg.train[k] < 1:
       raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")
+  if cfg.data.train_records < 0:
+    raise ConfigError(f"data.train_records={cfg.data.train_records} must be >= 0 (0: all records)")
+  if cfg.train.eval_every < 0 or cfg.train.eval_batches < 1:
+    raise ConfigError(f"train.eval_every={cfg.train.eval_every} must be >= 0 (0: at every "
+                      f"checkpoint) and train.eval_batches={cfg.train.eval_batches} >= 1")
+  eval_timesteps(cfg)
   for k in ("data", "fsdp", "sequence", "tensor"):
     if cfg.mesh[k] == 0 or cfg.mesh[k] < -1:
       raise ConfigError(f"mesh.{k}={cfg.mesh[k]} must be a positive size or -1 (fill)")

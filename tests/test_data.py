@@ -206,3 +206,11 @@ def test_data_mode_end_to_end(tmp_path):
   it = pipeline.make_iterator(cfg, str(tmp_path / "data"), batch_size=8, process_index=0,
                               process_count=1)
   assert next(it)["video"].shape[0] == 8
+
+
+def test_first_records_keeps_the_head_of_each_bucket_by_size():
+  ids_R = np.array([0] * 6 + [1] * 3 + [-1] * 2 + [1] * 3)
+  kept = pipeline.first_records(ids_R, 6)
+  assert kept.tolist() == [0, 0, 0, -1, -1, -1, 1, 1, 1, -1, -1, -1, -1, -1]
+  assert pipeline.first_records(ids_R, 0) is ids_R
+  assert pipeline.first_records(ids_R, 100) is ids_R

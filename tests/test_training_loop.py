@@ -175,3 +175,23 @@ def test_an_eval_row_for_a_logged_step_prints_no_rate(tmp_path, monkeypatch, cap
   assert "1.00 steps/s" in lines[0] and "steps/s" not in lines[1], lines
   assert "val_psnr=20" in lines[1]
   assert train_row["steps_per_s"] == 1.0 and "steps_per_s" not in eval_row
+
+
+def test_eval_runs_every_eval_every_steps_and_at_the_end(tmp_path):
+  seen = []
+  cfg = _cfg(10)
+  cfg.eval_every = 3
+  abstract = jax.eval_shape(_init)
+  loop.train_loop(workdir=str(tmp_path), ckpt_dir=os.path.join(str(tmp_path), "ckpt"),
+                  train_cfg=cfg, init_state=_init, abstract_state=abstract, step_fn=_step,
+                  data_iter=CountingIterator(), to_device=lambda b: b,
+                  eval_fn=lambda state, step: seen.append((step, int(state["step"]))) or {})
+  assert seen == [(3, 3), (6, 6), (9, 9), (10, 10)]
+  # eval_every = 0: at each checkpoint (every 4 steps and the last).
+  seen.clear()
+  cfg.eval_every, cfg.num_steps = 0, 18
+  loop.train_loop(workdir=str(tmp_path), ckpt_dir=os.path.join(str(tmp_path), "ckpt"),
+                  train_cfg=cfg, init_state=_init, abstract_state=abstract, step_fn=_step,
+                  data_iter=CountingIterator(), to_device=lambda b: b,
+                  eval_fn=lambda state, step: seen.append(step) or {})
+  assert seen == [12, 16, 18]

@@ -138,6 +138,33 @@ def make_latent_iterator(cfg, workdir: str, split: str = "train", **kw):
   return pipeline.make_source_iterator(cfg, source, metadata, split=split, **kw)
 
 
+EVAL_SEED = 20261206  # Order of the fixed evaluation batches: the same for every run.
+
+
+def fixed_batches(cfg, workdir: str, split: str, num_batches: int) -> list[dict]:
+  """The first `num_batches` batches (this process's rows) of `split` in one fixed order.
+
+  The order depends on neither `seed` nor `data.shuffle_seed` nor `data.bucket_weights`,
+  so runs with different recipes evaluate on the same records. Training batches come from
+  the records the run trains on (data.train_records). Fewer batches when the split has
+  fewer records.
+  """
+  from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  source, metadata = data_source(cfg, workdir, split)
+  _, ids_R = pipeline.bucket_index(metadata, split)
+  if split == "train":
+    ids_R = pipeline.first_records(ids_R, cfg.data.train_records)
+  it = pipeline.make_loader(source, ids_R, batch_size=cfg.data.batch_size, seed=EVAL_SEED,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(), repeat=False, prefetch=0)
+  out = []
+  for batch in it:
+    out.append(batch)
+    if len(out) == num_batches:
+      break
+  return out
+
+
 def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
   """uint8 clips + texts of one bucket -> arrays of one staged chunk."""
   videos = np.stack([r["video"] for r in records]).astype(np.float32) / 127.5 - 1.0

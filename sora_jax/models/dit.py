@@ -298,6 +298,42 @@ class ConditionEmbedder(nn.Module):
     return temb_BFD, mod_BF6D, text
 
 
+class TextRefiner(nn.Module):
+  """Trainable pre-norm transformer blocks over the projected text tokens (masked self-
+  attention + MLP), as HunyuanVideo refines its text states before the DiT: the frozen
+  encoder's tokens are refined for this model's cross-attention, e.g. to tie each object's
+  words together. Residual gates start at 0, so a new refiner starts as the identity and
+  can be added to a trained DiT (train.init_from) without changing its outputs."""
+  dim: int
+  ffn_dim: int
+  num_heads: int
+  num_layers: int
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, text_BSD, text_mask_BS):
+    act = ("batch", "text_tokens", "embed")
+    norm = lambda name: nn.LayerNorm(
+        epsilon=self.eps, dtype=jnp.float32, param_dtype=self.param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    gate = lambda name: self.param(
+        name, nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.dim,),
+        self.param_dtype).astype(jnp.float32)
+    x = text_BSD.astype(jnp.float32)
+    for i in range(self.num_layers):
+      h = norm(f"norm1_{i}")(x).astype(self.dtype)
+      h = Attention(self.dim, self.num_heads, True, self.eps, "xla", self.dtype,
+                    self.param_dtype, name=f"attn_{i}")(h, h, text_mask_BS)
+      x = nn.with_logical_constraint(x + gate(f"gate_attn_{i}") * h.astype(jnp.float32), act)
+      h = norm(f"norm2_{i}")(x).astype(self.dtype)
+      h = FeedForward(self.dim, self.ffn_dim, self.dtype, self.param_dtype, name=f"ffn_{i}")(h)
+      x = nn.with_logical_constraint(x + gate(f"gate_ffn_{i}") * h.astype(jnp.float32), act)
+    return x.astype(text_BSD.dtype)
+
+
 class WanDiT(nn.Module):
   """Wan 2.1-style DiT with per-frame timesteps (see the module docstring)."""
   in_channels: int
@@ -319,6 +355,7 @@ class WanDiT(nn.Module):
   attention: str = "xla"
   attention_block: int = 512
   pooled_text: bool = False  # Pooled caption into the adaLN conditioning (not in Wan 2.1).
+  text_refiner_layers: int = 0  # TextRefiner blocks over the text tokens (not in Wan 2.1).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -361,6 +398,10 @@ class WanDiT(nn.Module):
     temb_BFD, mod_BF6D, text = ConditionEmbedder(
         self.dim, self.freq_dim, self.dtype, self.param_dtype, self.pooled_text,
         name="condition_embedder")(t_BF, text_BLD.astype(self.dtype), text_mask_BL)
+    if self.text_refiner_layers:
+      text = TextRefiner(self.dim, self.ffn_dim, self.num_heads, self.text_refiner_layers,
+                         self.eps, self.dtype, self.param_dtype, name="text_refiner")(
+                             text, text_mask_BL)
     text = nn.with_logical_constraint(text, ("batch", "text_tokens", "embed"))
     cos, sin = rope_tables(f, gh, gw, self.dim // self.num_heads, self.rope_theta)
 
@@ -407,7 +448,8 @@ def dit_from_config(cfg) -> WanDiT:
       freq_dim=d.freq_dim, qk_norm=d.qk_norm, cross_attn_norm=d.cross_attn_norm, eps=d.eps,
       dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
       remat_policy=d.remat_policy, attention=d.attention, attention_block=d.attention_block,
-      pooled_text=bool(d.pooled_text), dtype=jnp.dtype(d.dtype),
+      pooled_text=bool(d.pooled_text), text_refiner_layers=d.text_refiner_layers,
+      dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 
@@ -452,5 +494,7 @@ def count_flops(cfg, frames, height, width, text_len) -> int:
                + 2 * l * dim * dim + 2 * s * dim * dim + 2 * l * s * dim  # Cross-attn.
                + 2 * l * dim * ffn)  # MLP.
   macs += d.num_layers * per_layer
+  # Text refiner: q,k,v,o, QK^T and PV over the text tokens, and its MLP.
+  macs += d.text_refiner_layers * (4 * s * dim * dim + 2 * s * s * dim + 2 * s * dim * ffn)
   macs += l * dim * patch  # Head.
   return 2 * macs

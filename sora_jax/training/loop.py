@@ -16,6 +16,12 @@ from sora_jax.training.metrics import MetricsLogger
 from sora_jax.training.optim import NonFiniteLoss, StopSignal
 
 
+def _eval_due(step: int, total: int, must_save: bool, every: int) -> bool:
+  """Whether a held-out evaluation runs after `step` (every `every` steps and at the last
+  one; with every == 0, at each checkpoint)."""
+  return (step % every == 0 or step == total) if every else must_save
+
+
 def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[], Any],
                abstract_state: Any, step_fn: Callable, data_iter: Iterator,
                to_device: Callable[[dict], dict], tag: str = "train",
@@ -25,7 +31,8 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
 
   `abstract_state` (ShapeDtypeStructs with shardings) lets a restore place arrays exactly
   as a fresh `init_state()` would; `data_iter` has get_state()/set_state(). `eval_fn(state,
-  step) -> metrics` runs at each checkpoint and its figures are logged with that step.
+  step) -> metrics` runs every `train_cfg.eval_every` steps and at the last step (with
+  eval_every 0: at each checkpoint) and its figures are logged with that step.
   """
   ckpt = Checkpointer(ckpt_dir, every=train_cfg.checkpoint_every, keep=train_cfg.keep_checkpoints)
   restored = ckpt.restore(abstract_state)
@@ -68,8 +75,9 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
       if must_save:
         ckpt.maybe_save(step, state, data_iter.get_state(), force=True)
         last_good = step
-        if eval_fn is not None and not stopping:
-          logger.log(step, eval_fn(state, step))
+      if eval_fn is not None and not stopping and _eval_due(step, total, must_save,
+                                                           train_cfg.eval_every):
+        logger.log(step, eval_fn(state, step))
       if stopping:
         print(f"[{tag}] stopped by signal at step {step}; checkpoint saved", flush=True)
         break
