@@ -1,4 +1,7 @@
 """The entry point refuses bad input with one clear line, before building anything."""
+import glob
+import importlib.util
+import os
 import subprocess
 import sys
 
@@ -6,6 +9,8 @@ import pytest
 
 from sora_jax import config_check
 from sora_jax.config_defaults import base_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _run(*args):
@@ -26,6 +31,7 @@ def _run(*args):
     (["--config.dit.attention=flashy"], "blockwise"),
     (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
     (["--mode=train_vae", "--config.vae_train.crop_size=10"], "crop_size=10"),
+    (["--mode=compile", "--config.compile.programs=train,eval"], "compile.programs"),
 ])
 def test_bad_input_is_one_clear_line(args, expect):
   r = _run(*args)
@@ -36,9 +42,40 @@ def test_bad_input_is_one_clear_line(args, expect):
 
 
 def test_demo_config_is_valid_for_every_mode():
+  """The demo config passes every mode's checks, and each mode does check (a bad field fails)."""
   cfg = base_config()
   for mode in config_check.MODES:
-    config_check.check(cfg, mode)
+    assert config_check.check(cfg, mode) is None
+    bad = base_config()
+    bad.data.batch_size = 0
+    with pytest.raises(config_check.ConfigError, match="data.batch_size=0"):
+      config_check.check(bad, mode)
+
+
+def test_help_lists_the_modes_flags_and_override_syntax():
+  r = subprocess.run([sys.executable, "-m", "sora_jax", "--help"], capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.splitlines()
+  for mode in config_check.MODES:  # one line each: the mode, then what it does
+    row = [l for l in lines if l.split()[:1] == [mode]]
+    assert len(row) == 1 and len(row[0].split()) > 3, (mode, r.stdout)
+  for needed in ("--config=", "--workdir=", "--mode=", "--config.SECTION.FIELD=VALUE",
+                 "docs/configuration.md"):
+    assert needed in r.stdout, needed
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--config.dit.dimm=3", "--config.dit.dimm=3: unknown or invalid config key 'dimm' "
+                            '(did you mean "dim"?)'),
+    ("--config.trainn.lr=1", "--config.trainn.lr=1: unknown or invalid config key 'trainn' "
+                             '(did you mean "train"?)'),
+])
+def test_unknown_key_is_one_clean_line_with_the_suggestion(flag, line):
+  r = _run(flag)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.splitlines() == [f"sora_jax: error: {line}; every key and its default is "
+                                   "listed in docs/configuration.md"], r.stderr
 
 
 def test_latent_grid_error_names_the_fix():
@@ -94,3 +131,34 @@ def test_jobs_file_error_is_one_clear_line(tmp_path):
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert lines == [f"sora_jax: error: sample.jobs_file='{jobs}' line 1: sample.task='extend' "
                    "needs sample.video=PATH"], r.stderr
+
+
+def _load_config(path):
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def test_config_file_setting_an_unknown_key_is_one_clear_line(tmp_path):
+  bad = tmp_path / "typo.py"
+  bad.write_text("from sora_jax.config_defaults import base_config\n\n\ndef get_config(arg=None):\n"
+                 "  cfg = base_config()\n  cfg.train.num_stpes = 3\n  return cfg\n")
+  r = subprocess.run([sys.executable, "-m", "sora_jax", f"--config={bad}",
+                      "--workdir=/tmp/sj_cli", "--mode=data"], capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 2, r.stderr
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert lines == [f"sora_jax: error: {bad} line 6 sets 'num_stpes', a key base_config() lacks "
+                   '(did you mean "num_steps"?); every key is listed in '
+                   "sora_jax/config_defaults.py"], r.stderr
+  with pytest.raises(AttributeError, match="num_stpes"):
+    _load_config(bad)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.py")))
+                         + [os.path.join(ROOT, "pretrained", "shapes", "config.py")])
+def test_shipped_configs_set_only_known_keys(path):
+  """base_config() is locked, so loading a config file proves it invents no key."""
+  cfg = _load_config(path)
+  assert cfg.is_locked
