@@ -20,7 +20,7 @@ import pytest
 from sora_jax.training import checkpoint, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 24  # long enough that a SIGTERM at step 2 lands well before the end
+STEPS = 10  # long enough that a SIGTERM at step 2 lands well before the end
 TINY = [
     "--config.data.num_train=16", "--config.data.num_val=8", "--config.data.batch_size=8",
     "--config.data.buckets=9x16x16",
@@ -85,8 +85,10 @@ def _start_two(workdir, *args):
   coordinator = f"127.0.0.1:{_free_port()}"
   return [subprocess.Popen(
       _command(workdir, *args), cwd=ROOT,
+      # No persistent compile cache: a hit in one process and a compile in the other
+      # can part them by more than the 30 s in which gloo's collectives must meet.
       env=_env(4, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i)),
+               JAX_PROCESS_ID=str(i), JAX_ENABLE_COMPILATION_CACHE="false"),
       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
 
 
