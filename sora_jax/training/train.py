@@ -1,4 +1,4 @@
-"""`--mode=train`: the latent diffusion transformer with the rectified-flow objective.
+"""`--mode=train`: trains the latent diffusion transformer with the rectified-flow objective.
 
 Reads the encoded data set written by `--mode=encode` (VAE latent mean/std + text
 embeddings), so the VAE and text encoder never run in the training loop. Per step:
