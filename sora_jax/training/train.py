@@ -19,7 +19,6 @@ the frozen base is passed to every step.
 """
 import contextlib
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -42,11 +41,10 @@ TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb"
 
 def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (mean, std) of VAE latents, measured by --mode=encode."""
-  path = paths.latent_stats(workdir)
-  if not os.path.exists(path):
+  path = paths.path(paths.latent_stats(workdir))
+  if not path.exists():
     raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
-  with open(path) as f:
-    s = json.load(f)
+  s = json.loads(path.read_text())
   return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 
@@ -124,8 +122,10 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
            "ema": optim.ema_update(state["ema"], params, cfg.train.ema_decay, state["step"])}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32))}
+    grad_norm = optax.global_norm(grads)
+    return new, {"loss": loss, "grad_norm": grad_norm,
+                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32)),
+                 "finite": optim.all_finite(loss, grad_norm)}
 
   return init_state, train_step
 
