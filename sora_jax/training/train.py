@@ -19,7 +19,6 @@ the frozen base is passed to every step.
 """
 import contextlib
 import json
-import os
 
 import flax.linen as nn
 import jax
@@ -44,11 +43,10 @@ TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb"
 
 def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (mean, std) of VAE latents, measured by --mode=encode."""
-  path = paths.latent_stats(workdir)
-  if not os.path.exists(path):
+  path = paths.path(paths.latent_stats(workdir))
+  if not path.exists():
     raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
-  with open(path) as f:
-    s = json.load(f)
+  s = json.loads(path.read_text())
   return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 
@@ -126,8 +124,10 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
            "ema": optim.ema_update(state["ema"], params, cfg.train.ema_decay, state["step"])}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32))}
+    grad_norm = optax.global_norm(grads)
+    return new, {"loss": loss, "grad_norm": grad_norm,
+                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32)),
+                 "finite": optim.all_finite(loss, grad_norm)}
 
   return init_state, train_step
 
@@ -212,8 +212,8 @@ class Trainer:
     self.rules = mesh_lib.rules(cfg)
     dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     if cfg.data.batch_size % dp:
-      raise ValueError(f"data.batch_size={cfg.data.batch_size} must divide over {dp} "
-                       "data-parallel devices (mesh.data x mesh.fsdp)")
+      raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide over {dp} "
+                        "data-parallel devices (mesh.data x mesh.fsdp)")
     self.dit = dit_lib.dit_from_config(cfg)
     self.tx = optim.make_optimizer(
         cfg.train.lr, cfg.train.warmup_steps, cfg.train.num_steps, cfg.train.min_lr_ratio,
