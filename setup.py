@@ -23,10 +23,13 @@ INSTALL_REQUIRES = [
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "psutil==7.2.2",
+    # gs:// workdirs: etils.epath reaches buckets through gcsfs (no TensorFlow needed).
+    "gcsfs==2026.10.1",
 ]
 
 EXTRAS = {
-    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient", "nbformat", "ipykernel"],
+    "test": ["pytest==9.2.0", "pytest-xdist==3.8.0", "nbclient", "nbformat", "ipykernel",
+             "gcp-storage-emulator==2026.7.19"],
     # Reference implementations for parity tests only; torch must be the local
     # CPU wheel (`pip install torch==2.13.0` first, see scripts/test.sh).
     "parity": ["torch==2.13.0", "diffusers", "transformers", "sentence-transformers"],

@@ -103,7 +103,10 @@ def run(cfg, workdir: str) -> None:
     print(f"[data] {builder.data_dir} is already built; reusing it", flush=True)
   else:
     logging.info("building %s at %s", cfg.data.name, builder.data_dir)
-    builder.download_and_prepare()
+    # array_record writes local files only: a bucket's data set is built locally, then copied.
+    with paths.local_dir(data_dir) as local:
+      make_builder(cfg, local).download_and_prepare()
+    builder = make_builder(cfg, data_dir)
   seconds = time.time() - t0
   counts = summary(builder)
   for split, per in counts.items():

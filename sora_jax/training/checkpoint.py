@@ -180,6 +180,7 @@ class Checkpointer:
         _move_tree(self.directory / str(step), target)
         print(f"warning: moved unreadable checkpoint step {step} to {target}", flush=True)
     multihost_utils.sync_global_devices("checkpoint: unreadable steps moved")
+    paths.forget_listings(self.directory)
     self.manager.reload()
 
   def wait(self) -> None:
@@ -195,10 +196,7 @@ def _move_tree(src: epath.Path, dst: epath.Path) -> None:
   if not paths.is_remote(src):
     src.rename(dst)
     return
-  for f in src.rglob("*"):
-    if f.is_file():
-      (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-      f.copy(dst / f.relative_to(src))
+  paths.copy_tree(src, dst)
   src.rmtree()
 
 
