@@ -33,6 +33,10 @@ EXTRAS = {
     # Reference implementations for parity tests only; torch must be the local
     # CPU wheel (`pip install torch==2.13.0` first, see scripts/test.sh).
     "parity": ["torch==2.13.0", "diffusers", "transformers", "sentence-transformers"],
+    # Accelerator builds of the pinned jax: libtpu for TPU VMs and for --mode=compile (TPU
+    # compiles on any host); CUDA 12 wheels for NVIDIA GPUs.
+    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda12": ["jax[cuda12]==0.10.2"],
 }
 
 setup(

@@ -58,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Initial posterior log-variance (bias of the encoder's last 1x1 conv). 0 makes the
   # training latent mean + N(0, 1) noise at the start; with a tiny KL weight the encoder
   # must first learn to shrink it, and the decoder trains on noisy latents meanwhile.
-  # -6 (std 0.05): +1.3 dB validation PSNR at 500 steps, +0.4 dB at 1000 (README).
+  # -6 (std 0.05): +1.3 dB validation PSNR at 500 steps, +0.4 dB at 1000 (docs/results.md).
   cfg.vae.logvar_init = -6.0
 
   cfg.vae_train = C()
@@ -124,7 +124,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Base timestep shift (training t and the sampling schedule); scaled by
   # sqrt(tokens / shift_base_tokens). Flat ShapesWorld scenes stay recognisable up to
   # high noise, so 1.0 left t > 0.8 (where the caption decides the content) to 8% of
-  # samples and the DiT ignored the caption; 3.0 (t > 0.8 for 39%) follows it (README).
+  # samples and the DiT ignored the caption; 3.0 (t > 0.8 for 39%) follows it (docs/results.md).
   cfg.diffusion.shift = 3.0
   cfg.diffusion.shift_base_tokens = 80  # Token count at which the shift is diffusion.shift (17x32x32 demo clips).
   cfg.diffusion.shift_resolution_dependent = True  # Scale the shift with sequence length (else use diffusion.shift as is).
@@ -222,6 +222,15 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.benchmark.steps = 20  # Timed steps (median reported) after warm-up.
   cfg.benchmark.warmup = 3  # Untimed steps before timing.
   cfg.benchmark.matmul_size = 2048  # Peak FLOP/s probe matrix size.
+
+  # ---------------------------------------------------------------- compile (TPU, ahead of time)
+  cfg.compile = C()
+  cfg.compile.topology = "v5:2x2x2"  # libtpu topology to compile for: v5:XxYxZ (v5p), v5e:XxY, v6e:XxY.
+  cfg.compile.num_slices = 1  # Slices of that topology (multi-slice; pair with mesh.dcn_data).
+  cfg.compile.programs = "train,sample"  # Which steps to compile: train, sample (comma separated).
+  cfg.compile.bucket = ""  # Train-step clip FRAMESxHEIGHTxWIDTH; '' = the data bucket with most tokens.
+  cfg.compile.search = False  # Rank the planner's layouts, compile the best few, print those that fit.
+  cfg.compile.search_top = 3  # How many of the planner's best layouts the search compiles.
 
   # Open weights: a Wan 2.1 diffusers folder (transformer/, vae/, text_encoder/, tokenizer/).
   # Set, the DiT/VAE/text encoder come from it instead of workdir checkpoints; see

@@ -5,7 +5,9 @@ value that cannot work is a one-line error before anything is built or compiled.
 Each mode lives in its own module and is imported only when chosen, so `--mode=data`
 never pays for the model code.
 """
+import ast
 import importlib
+import importlib.util
 import os
 import re
 import sys
@@ -25,6 +27,7 @@ MODES = {
     "sample": "sora_jax.sampling.sample:run",
     "eval": "sora_jax.eval.evaluate:run",
     "benchmark": "sora_jax.training.benchmark:run",
+    "compile": "sora_jax.parallel.aot:run",
 }
 assert tuple(MODES) == config_check.MODES
 
@@ -93,8 +96,49 @@ def _main_with_clear_errors(argv):
     sys.exit(2)
 
 
+_HELP_FLAGS = ("-h", "-help", "--help", "--helpshort", "-?")
+
+
+def _mode_summary(mode: str) -> str:
+  """The first line of the mode's module docstring, read without importing the module."""
+  module = MODES[mode].split(":")[0]
+  spec = importlib.util.find_spec(module)
+  with open(spec.origin, encoding="utf-8") as f:
+    doc = ast.get_docstring(ast.parse(f.read())) or ""
+  line = doc.splitlines()[0] if doc else ""
+  return re.sub(r"^`--mode=\w+`:\s*", "", line)
+
+
+def usage() -> str:
+  """What `--help` prints: the synopsis, the flags, the override syntax and the modes."""
+  modes = "\n".join(f"  {m:<10} {_mode_summary(m)}" for m in MODES)
+  return f"""usage: python -m sora_jax --config=CONFIG.py[:ARG] --workdir=DIR --mode=MODE [--config.SECTION.FIELD=VALUE ...]
+       (or the console script sora-jax with the same flags)
+
+Builds data, trains the video VAE and the diffusion transformer, samples and evaluates.
+
+flags:
+  --config=FILE.py      config file, e.g. configs/shapes_tiny.py (the CPU demo) or
+                        pretrained/shapes/config.py (the shipped model)
+  --workdir=DIR         where data, checkpoints, samples and metrics are written
+  --mode=MODE           what to do (default: {_MODE.default}); one of the modes below
+  --config.SECTION.FIELD=VALUE
+                        overrides one config value, e.g. --config.train.num_steps=100
+                        --config.sample.prompt="a red circle moving left"; tuples as
+                        --config.dit.patch_size="(1, 2, 2)"
+
+modes (a new model runs data, train_vae, encode, train, then sample and eval):
+{modes}
+
+Every config field, its default and what it does: docs/configuration.md.
+Each mode's exact command: docs/quickstart.md. All absl flags: --helpfull."""
+
+
 def _flags_parser(argv):
   """absl's parser, with flag/config errors printed as one line instead of a traceback."""
+  if any(a in _HELP_FLAGS for a in argv[1:]):
+    print(usage())
+    sys.exit(0)
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -105,13 +149,28 @@ def _flags_parser(argv):
     if in_file:
       print(f"sora_jax: error: {in_file}", file=sys.stderr)
       sys.exit(2)
-    # ml_collections raises these for unknown keys / wrong types in --config.a.b=v.
-    msg = str(e).strip("'\"").splitlines()[0]
-    bad = [a for a in argv if a.startswith("--config.") and msg in a.split("=", 1)[0]]
-    where = f" in {bad[0]}" if bad else ""
-    print(f"sora_jax: error: unknown or invalid config key {msg!r}{where}; every key is listed "
-          "in sora_jax/config_defaults.py", file=sys.stderr)
+    print(f"sora_jax: error: {_override_error(e, argv)}", file=sys.stderr)
     sys.exit(2)
+
+
+def _override_error(e: Exception, argv) -> str:
+  """One line for a bad `--config.a.b=v` (ml_collections raises KeyError/AttributeError,
+  possibly wrapping each other, with a repr'd key and a 'Did you mean' on a second line)."""
+  while e.args and isinstance(e.args[0], BaseException):
+    e = e.args[0]
+  text = str(e.args[0]) if e.args else str(e)
+  first = text.splitlines()[0].strip().strip("'\"")
+  lookup = re.search(r"Attempting to lookup: ([\w.]+)", text)  # a key below a non-dict value
+  if lookup:
+    first = lookup.group(1)
+  hint = re.search(r'Did you mean "([\w.]+)"', text)
+  hint = f' (did you mean "{hint.group(1)}"?)' if hint else ""
+  flag = lambda a: a.split("=", 1)[0]
+  bad = [a for a in argv if a.startswith("--config.")
+         and (first in flag(a).split(".") or flag(a) == f"--config.{first}")]
+  where = f"{bad[0]}: " if bad else ""
+  return (f"{where}unknown or invalid config key {first!r}{hint}; every key and its default "
+          "is listed in docs/configuration.md")
 
 
 def _config_file_error(e: Exception, argv) -> str | None:

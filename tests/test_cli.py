@@ -31,6 +31,7 @@ def _run(*args):
     (["--config.dit.attention=flashy"], "blockwise"),
     (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
     (["--mode=train_vae", "--config.vae_train.crop_size=10"], "crop_size=10"),
+    (["--mode=compile", "--config.compile.programs=train,eval"], "compile.programs"),
 ])
 def test_bad_input_is_one_clear_line(args, expect):
   r = _run(*args)
@@ -41,9 +42,40 @@ def test_bad_input_is_one_clear_line(args, expect):
 
 
 def test_demo_config_is_valid_for_every_mode():
+  """The demo config passes every mode's checks, and each mode does check (a bad field fails)."""
   cfg = base_config()
   for mode in config_check.MODES:
-    config_check.check(cfg, mode)
+    assert config_check.check(cfg, mode) is None
+    bad = base_config()
+    bad.data.batch_size = 0
+    with pytest.raises(config_check.ConfigError, match="data.batch_size=0"):
+      config_check.check(bad, mode)
+
+
+def test_help_lists_the_modes_flags_and_override_syntax():
+  r = subprocess.run([sys.executable, "-m", "sora_jax", "--help"], capture_output=True, text=True,
+                     timeout=120)
+  assert r.returncode == 0, r.stderr
+  lines = r.stdout.splitlines()
+  for mode in config_check.MODES:  # one line each: the mode, then what it does
+    row = [l for l in lines if l.split()[:1] == [mode]]
+    assert len(row) == 1 and len(row[0].split()) > 3, (mode, r.stdout)
+  for needed in ("--config=", "--workdir=", "--mode=", "--config.SECTION.FIELD=VALUE",
+                 "docs/configuration.md"):
+    assert needed in r.stdout, needed
+
+
+@pytest.mark.parametrize("flag, line", [
+    ("--config.dit.dimm=3", "--config.dit.dimm=3: unknown or invalid config key 'dimm' "
+                            '(did you mean "dim"?)'),
+    ("--config.trainn.lr=1", "--config.trainn.lr=1: unknown or invalid config key 'trainn' "
+                             '(did you mean "train"?)'),
+])
+def test_unknown_key_is_one_clean_line_with_the_suggestion(flag, line):
+  r = _run(flag)
+  assert r.returncode == 2, r.stderr
+  assert r.stderr.splitlines() == [f"sora_jax: error: {line}; every key and its default is "
+                                   "listed in docs/configuration.md"], r.stderr
 
 
 def test_latent_grid_error_names_the_fix():

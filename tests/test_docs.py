@@ -14,7 +14,8 @@ from sora_jax.config_defaults import base_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Every page whose commands, keys and paths must exist (README.md is checked too).
 PAGES = ["quickstart.md", "architecture.md", "configuration.md", "data.md",
-         "reproducibility.md", "sampling.md", "scaling.md", "open_weights.md", "../README.md"]
+         "reproducibility.md", "sampling.md", "scaling.md", "open_weights.md", "results.md",
+         "../README.md"]
 PLACEHOLDERS = {"a.b", "section.field"}  # `--config.a.b=value` in prose
 
 
@@ -79,3 +80,14 @@ def test_documented_repository_paths_exist(name, text):
       continue
     if os.path.splitext(path)[1] or "*" in path:
       assert glob.glob(os.path.join(ROOT, path)), f"{name} names {path}, which does not exist"
+
+
+def test_readme_first_screen_has_the_setup_and_a_picture():
+  with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+    text = f.read()
+  assert len(text.encode("utf-8")) <= 8192, "README.md is for users; measured figures go in docs/results.md"
+  first_screen = "\n".join(text.splitlines()[:25])
+  for needed in ("scripts/demo.sh", "scripts/test.sh", "![", "docs/results.md"):
+    assert needed in first_screen, needed
+  picture = re.search(r"!\[[^\]]*\]\(([^)]+)\)", text).group(1)
+  assert os.path.isfile(os.path.join(ROOT, picture)), picture

@@ -8,7 +8,7 @@ that ignores its caption scores 1.0 at every t however low its loss.
 
 This is what showed why an earlier shipped model followed no prompt: trained with
 diffusion.shift = 1, its ratio was 1.005-1.03 at every t after 6,000 steps, whereas
-shift 3 gave 1.11-1.36 after 1,500 (README, "Where quality stands").
+shift 3 gave 1.11-1.36 after 1,500 (docs/results.md, "DiT: what moves prompt adherence").
 
   python scripts/caption_reliance.py --config=configs/shapes_tiny.py --workdir=W
 """

@@ -1,4 +1,4 @@
-"""`--mode=eval`: the figures of a workdir, written to WORKDIR/eval.json.
+"""`--mode=eval`: VAE PSNR/SSIM, prompt adherence and task figures of a workdir -> WORKDIR/eval.json.
 
 - vae: PSNR/SSIM of VAE reconstructions of validation clips.
 - adherence: validation prompts sampled as t2v and scored by the ShapesWorld detector

@@ -1,4 +1,4 @@
-"""`--mode=train_vae`: the causal video VAE on the config's data set.
+"""`--mode=train_vae`: trains the causal video VAE on the config's data set.
 
 Loss = l1·|x̂−x| + l2·(x̂−x)² + kl·KL, plus (after `vae_train.disc_start`) a hinge 3D
 patch-discriminator term. Images (T = 1 buckets) and videos train jointly: the data
