@@ -85,11 +85,13 @@ def all_steps(directory: str) -> list[int]:
   return steps
 
 
-def load_params(directory: str, use_ema: bool = True, step: int | None = None):
+def load_params(directory: str, use_ema: bool = True, step: int | None = None,
+                written_by: str = ""):
   """(parameters (EMA or raw), step) from an orbax checkpoint in `directory`, on host.
 
   step: which checkpoint (default: the newest). Works for full training checkpoints and
-  for exported ones holding only {'ema'}.
+  for exported ones holding only {'ema'}. written_by: the mode that writes them; given, a
+  directory without checkpoints is a ConfigError naming it (else FileNotFoundError).
   """
   mngr = ocp.CheckpointManager(os.path.abspath(directory),
                               options=ocp.CheckpointManagerOptions(read_only=True))
@@ -98,6 +100,9 @@ def load_params(directory: str, use_ema: bool = True, step: int | None = None):
     step = mngr.latest_step()
   if step is None or step not in steps:
     mngr.close()
+    if written_by and not steps:
+      from sora_jax.config_check import missing_step  # pylint: disable=g-import-not-at-top
+      raise missing_step(f"no checkpoint in {directory}", written_by)
     raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {directory}"
                             f" (has steps {sorted(steps)})")
   tree = mngr.restore(step, args=ocp.args.StandardRestore())
