@@ -4,7 +4,9 @@ Both runs go through the entry point (`python -m sora_jax --mode=train`). The 2-
 run joins through the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
 variables (what scripts/launch_*.sh set on real clusters) on 127.0.0.1; each process
 loads only its half of every batch, and the global batch is assembled on the mesh. The
-per-step losses in metrics.jsonl must agree.
+per-step losses in metrics.jsonl and the checkpointed parameters after STEPS steps must
+agree. Step 1 runs at learning rate 0 (warm-up) and step 2 trains only the zero-initialised
+output head, so the blocks' gradients first enter the losses at step 4.
 """
 import os
 import shutil
@@ -15,10 +17,12 @@ import sys
 import numpy as np
 import pytest
 
-from sora_jax.training import metrics
+import jax
+
+from sora_jax.training import checkpoint, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 3
+STEPS = 5
 TINY = [
     "--config.data.num_train=16", "--config.data.num_val=8", "--config.data.batch_size=8",
     "--config.data.buckets=9x16x16",
@@ -99,3 +103,12 @@ def test_two_processes_train_like_one(encoded, tmp_path):
   ref, got = _losses(one), _losses(two)
   assert [s for s, _ in ref] == list(range(1, STEPS + 1)) == [s for s, _ in got]
   np.testing.assert_allclose([l for _, l in got], [l for _, l in ref], rtol=1e-5)
+  assert len({round(l, 6) for _, l in ref[2:]}) == STEPS - 2  # the blocks are training
+  ref_params, ref_step = checkpoint.load_params(os.path.join(one, "checkpoints"), use_ema=False)
+  got_params, got_step = checkpoint.load_params(os.path.join(two, "checkpoints"), use_ema=False)
+  assert ref_step == got_step == STEPS
+  flat_ref = jax.tree_util.tree_flatten_with_path(ref_params)[0]
+  assert len(flat_ref) == len(jax.tree.leaves(got_params))
+  for (path, want), have in zip(flat_ref, jax.tree.leaves(got_params)):
+    np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
+                               err_msg=jax.tree_util.keystr(path))
