@@ -33,6 +33,10 @@ EXTRAS = {
     # CPU wheel (`pip install torch==2.13.0` first, see scripts/test.sh).
     "parity": ["torch==2.13.0", "diffusers==0.42.1", "transformers==5.25.0",
                "sentence-transformers==6.3.0"],
+    # Accelerator builds of the pinned jax: libtpu for TPU VMs and for --mode=compile (TPU
+    # compiles on any host); CUDA 12 wheels for NVIDIA GPUs.
+    "tpu": ["jax[tpu]==0.10.2"],
+    "cuda12": ["jax[cuda12]==0.10.2"],
 }
 
 setup(

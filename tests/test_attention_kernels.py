@@ -139,6 +139,14 @@ def test_splash_matches_xla_in_interpreter():
   _assert_matches_xla(fn, q, k, v, mask)
 
 
+def test_splash_pads_token_counts_that_are_not_whole_tiles():
+  # Wan's clips (32,760 and 75,600 tokens) are not multiples of 128: padded keys must get
+  # no weight (beside the masked ones) and padded queries must be dropped.
+  q, k, v, mask = _inputs(1, 100, 72, 2, 32, empty_row=False)
+  _assert_matches_xla(lambda q, k, v, m: ak.splash_attention(q, k, v, m, interpret=True),
+                      q, k, v, mask)
+
+
 @pytest.mark.parametrize("impl,why", [("cudnn", "needs a GPU"), ("splash", "TPU kernel")])
 def test_platform_kernels_fall_back_on_cpu_with_a_warning(impl, why, warnings_seen):
   q, k, v, mask = _inputs(2, 16, 16, 2, 8)

@@ -34,6 +34,7 @@ def _run(*args):
     (["--config.dit.attention=flashy"], "blockwise"),
     (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
     (["--mode=train_vae", "--config.vae_train.crop_size=10"], "crop_size=10"),
+    (["--mode=compile", "--config.compile.programs=train,eval"], "compile.programs"),
 ])
 def test_bad_input_is_one_clear_line(args, expect):
   r = _run(*args)

@@ -29,10 +29,16 @@ explicit shardings only. Inside they run under `jax.shard_map` manual over every
 axis: batch over ('data', 'fsdp'), tokens over 'sequence', heads over 'tensor', matching
 the default logical rules, so no resharding happens around the kernel.
 
+Platform: the kernels are chosen for the platform of the mesh they run on (its abstract
+device), else JAX's default backend, so `--mode=compile` on a CPU host builds splash for
+the TPU topology it compiles for. Under `fallbacks_are_errors()` (that mode) a fallback
+raises instead of logging: figures of a program that silently lost its kernel would lie.
+
 Rows whose keys are all masked attend uniformly to every key (as 'xla' does), except
 under cudnn/splash where such rows are kernel-defined; callers never produce them (text
 masks keep at least the first token).
 """
+import contextlib
 import functools
 import math
 
@@ -41,6 +47,8 @@ import jax.numpy as jnp
 from absl import logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
+
+from sora_jax.config_check import ConfigError
 
 IMPLS = ("xla", "cudnn", "splash", "blockwise", "ulysses", "ring")
 
@@ -53,6 +61,7 @@ _PADDED = float("-inf")
 
 _mesh = None
 _warned = set()
+_strict = False
 
 
 def set_mesh(mesh) -> None:
@@ -69,7 +78,31 @@ def current_mesh():
   return _mesh
 
 
+def platform(mesh=None) -> str:
+  """The platform programs are built for: the mesh's devices' (default: `current_mesh()`),
+  else JAX's default backend ('cpu', 'gpu', 'tpu')."""
+  mesh = mesh if mesh is not None else current_mesh()
+  if mesh is not None and not isinstance(mesh, jax.sharding.AbstractMesh):
+    mesh = mesh.abstract_mesh
+  device = getattr(mesh, "abstract_device", None)
+  return device.platform if device is not None else jax.default_backend()
+
+
+@contextlib.contextmanager
+def fallbacks_are_errors():
+  """Within: an impl that cannot run raises ConfigError (with why) instead of falling back."""
+  global _strict
+  prev, _strict = _strict, True
+  try:
+    yield
+  finally:
+    _strict = prev
+
+
 def _warn_once(impl: str, fallback: str, why: str) -> None:
+  if _strict:
+    raise ConfigError(f"dit.attention={impl!r} cannot run here ({why}); it would fall back to "
+                      f"{fallback!r}")
   key = (impl, fallback, why)
   if key not in _warned:
     _warned.add(key)
@@ -375,8 +408,8 @@ def _ring(q, k, v, kv_mask, mesh, block):
 
 # ------------------------------------------------------------------ cuDNN and splash
 def _cudnn_unsupported(q, k, kv_mask) -> str | None:
-  if jax.default_backend() not in ("gpu", "cuda"):
-    return f"cuDNN flash attention needs a GPU, backend is {jax.default_backend()!r}"
+  if platform() not in ("gpu", "cuda"):
+    return f"cuDNN flash attention needs a GPU, platform is {platform()!r}"
   if q.dtype not in (jnp.bfloat16, jnp.float16):
     return f"cuDNN flash attention needs bfloat16/float16 inputs, got {q.dtype} (dit.dtype)"
   d = q.shape[-1]
@@ -401,12 +434,16 @@ _SPLASH_BLOCKS = (512, 256, 128)
 
 
 def _splash_unsupported(q, k, interpret: bool) -> str | None:
-  if jax.default_backend() != "tpu" and not interpret:
-    return f"splash attention is a TPU kernel, backend is {jax.default_backend()!r}"
-  for name, n in (("query", q.shape[1]), ("key", k.shape[1])):
-    if n % _SPLASH_BLOCKS[-1]:
-      return f"splash needs token counts that are multiples of 128, {name} tokens = {n}"
+  del q, k  # any token count: _splash_local pads to whole tiles
+  if platform() != "tpu" and not interpret:
+    return f"splash attention is a TPU kernel, platform is {platform()!r}"
   return None
+
+
+def _splash_tile(n: int) -> int:
+  """Token multiple splash pads n to: 512-token tiles from 512 tokens on (Wan's 32,760 and
+  75,600-token clips gain 8 and 176 padding tokens), else 128."""
+  return _SPLASH_BLOCKS[0] if n >= _SPLASH_BLOCKS[0] else _SPLASH_BLOCKS[-1]
 
 
 def _splash_kernel(n_q: int, n_k: int, heads: int, interpret: bool):
@@ -424,7 +461,17 @@ def _splash_kernel(n_q: int, n_k: int, heads: int, interpret: bool):
 
 
 def _splash_local(q, k, v, kv_mask, interpret: bool):
-  """Splash on one device's shard: [B,L,H,D] -> [B,L,H,D]; the mask as segment ids."""
+  """Splash on one device's shard: [B,L,H,D] -> [B,L,H,D]; the mask as segment ids.
+
+  Token counts that are not whole tiles are padded: padded keys get segment id 0, which no
+  real query (id 1) attends to; padded queries' outputs are dropped.
+  """
+  n_q, tile_q, tile_k = q.shape[1], _splash_tile(q.shape[1]), _splash_tile(k.shape[1])
+  if k.shape[1] % tile_k and kv_mask is None:
+    kv_mask = jnp.ones(k.shape[:2], bool)
+  q, k, v = _pad_axis1(q, tile_q), _pad_axis1(k, tile_k), _pad_axis1(v, tile_k)
+  if kv_mask is not None:
+    kv_mask = _pad_axis1(kv_mask, tile_k, False)
   kernel, segment_ids = _splash_kernel(q.shape[1], k.shape[1], q.shape[2], interpret)
   to_bhld = lambda x: jnp.swapaxes(x, 1, 2)
   q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)  # splash does not scale.
@@ -434,7 +481,7 @@ def _splash_local(q, k, v, kv_mask, interpret: bool):
     seg = segment_ids(q=jnp.ones(q.shape[:2], jnp.int32), kv=kv_mask.astype(jnp.int32))
     o = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=s))(
         to_bhld(q), to_bhld(k), to_bhld(v), seg)
-  return to_bhld(o).astype(v.dtype)
+  return to_bhld(o)[:, :n_q].astype(v.dtype)
 
 
 def splash_attention(q_BLHD, k_BSHD, v_BSHD, kv_mask_BS=None, *, mesh=None,

@@ -49,10 +49,16 @@ def make_mesh(mesh_cfg, devices=None) -> Mesh:
   shape = mesh_shape(mesh_cfg, len(devices))
   auto = (jax.sharding.AxisType.Auto,) * len(AXES)
   dcn = int(mesh_cfg.get("dcn_data", 1))
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
   if dcn > 1 and hasattr(devices[0], "slice_index"):
-    from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
     ici = (shape[0] // dcn,) + shape[1:]
-    arr = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1, 1), devices)
+    arr = mesh_utils.create_hybrid_device_mesh(ici, (dcn, 1, 1, 1), devices,
+                                               allow_split_physical_axes=True)
+    return Mesh(arr, AXES, axis_types=auto)
+  if devices[0].platform == "tpu":
+    # Axes follow the physical torus; one that is no product of torus axes (fsdp=16 on a
+    # 4x4x8 v5p) splits a physical axis instead of failing.
+    arr = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
     return Mesh(arr, AXES, axis_types=auto)
   if all_devices:  # make_mesh picks a layout that follows the physical topology.
     return jax.make_mesh(shape, AXES, axis_types=auto, devices=devices)

@@ -227,3 +227,77 @@ def choose_mesh(cfg, clip: Clip, hw: Hardware, headroom: float = 0.85, leaves=No
   else:
     impl = "ulysses" if (d.num_heads // mesh["tensor"]) % mesh["sequence"] == 0 else "ring"
   return mesh, mem, impl
+
+
+def collective_bytes_per_device(cfg, clip: Clip, mesh: dict, batch_per_device: float = 1.0,
+                                leaves=None) -> float:
+  """Estimated bytes one device sends in collectives per training step (ring algorithms).
+
+  fsdp: each layer's weights all-gathered in the compute dtype for the forward, the
+  backward and (remat) the recompute, gradients reduce-scattered in f32; data: the
+  gradient shard all-reduced; tensor: two activation all-reduces per block each way
+  (plus the recompute); sequence: Ulysses' four all-to-alls per block each way, or ring's
+  K/V (and dK/dV) passes. A ranking heuristic for `compile.search`; the compiler's HLO is
+  what counts.
+  """
+  axis_rules = mesh_lib.rules(cfg)
+  leaves = param_leaves(cfg) if leaves is None else leaves
+  data, fsdp, seq, tensor = (mesh.get(a, 1) for a in AXES)
+  a = _dtype_bytes(cfg.dit.dtype)
+  per_tensor = sum(shard_elements(s, n, axis_rules, dict(tensor=tensor)) for s, n in leaves)
+  passes = 3 if cfg.dit.remat_policy != "none" else 2  # forward, backward, recompute
+  frac = lambda n: (n - 1) / n
+  total = passes * a * per_tensor * frac(fsdp) + 4 * per_tensor * frac(fsdp)
+  total += 2 * 4 * per_tensor / fsdp * frac(data)
+  tokens = tokens_per_clip(cfg, clip) / seq * batch_per_device
+  act = tokens * cfg.dit.dim * a  # one activation, this device's tokens
+  layers = cfg.dit.num_layers
+  total += layers * 2 * (2 * passes) * act * frac(tensor)
+  impl = cfg.dit.attention
+  if seq > 1:
+    if impl == "ring":
+      total += layers * act / tensor * (seq - 1) * (2 * (passes - 1) + 4)
+    else:  # ulysses, or splash / cudnn run per device inside Ulysses
+      total += layers * 4 * passes * act / tensor * frac(seq)
+  return total
+
+
+def candidate_layouts(cfg, clip: Clip, chips: int, hbm_bytes: float, batch: int,
+                      remats=("full", "dots", "none"), margin: float = 1.15, leaves=None):
+  """The layouts the planner proposes for `chips` devices, best first.
+
+  Every (data, fsdp, sequence, tensor) over `chips` whose shards divide evenly (tensor the
+  heads and MLP, sequence the tokens, data x fsdp the global `batch`) x remat policy, with
+  attention 'splash' at sequence 1 and 'ulysses' (splash per device) or 'ring' beyond;
+  kept if the planner's memory is within `margin` x HBM (its estimate errs both ways),
+  ordered by estimated collective bytes per device. Returns dicts with mesh, remat,
+  attention, est_bytes (memory) and est_collective_bytes.
+  """
+  leaves = param_leaves(cfg) if leaves is None else leaves
+  tokens = tokens_per_clip(cfg, clip)
+  d = cfg.dit
+  out = []
+  for tensor in _divisors(chips):
+    if d.num_heads % tensor or d.ffn_dim % tensor:
+      continue
+    for seq in _divisors(chips // tensor):
+      if tokens % seq:
+        continue
+      for fsdp in _divisors(chips // (tensor * seq)):
+        data = chips // (tensor * seq * fsdp)
+        if d.dim % fsdp or batch % (data * fsdp):
+          continue
+        mesh = dict(data=data, fsdp=fsdp, sequence=seq, tensor=tensor)
+        impl = "splash" if seq == 1 else (
+            "ulysses" if (d.num_heads // tensor) % seq == 0 else "ring")
+        for remat in remats:
+          c = cfg.copy_and_resolve_references()
+          c.dit.remat_policy, c.dit.attention = remat, impl
+          bpd = batch / (data * fsdp)
+          mem = memory_per_device(c, clip, mesh, bpd, leaves=leaves)["total"]
+          if mem > margin * hbm_bytes:
+            continue
+          out.append({"mesh": mesh, "remat": remat, "attention": impl, "est_bytes": mem,
+                      "est_collective_bytes": collective_bytes_per_device(c, clip, mesh, bpd,
+                                                                          leaves=leaves)})
+  return sorted(out, key=lambda r: (r["est_collective_bytes"], r["est_bytes"]))

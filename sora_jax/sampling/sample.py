@@ -68,7 +68,7 @@ class VideoPipeline:
     self.temporal = self.vae.temporal_factor
     self._encode = jax.jit(self._encode_impl)
     self._decode = jax.jit(self._decode_impl)
-    self._denoise = jax.jit(self._denoise_impl, static_argnames=("solver",))
+    self._denoise = make_denoise(cfg, self.dit, (self.null_emb, self.null_mask))
 
   def _with_adapters(self, base, workdir: str, use_ema: bool):
     """(base + the workdir's newest LoRA adapters merged, their step)."""
@@ -112,19 +112,6 @@ class VideoPipeline:
     return self.text(prompts)
 
   # ------------------------------------------------------------------ denoising
-  def _denoise_impl(self, dit_params, noise, cond_latents, cond_mask, sigmas, emb, mask,
-                    cfg_scale, solver):
-    def model_fn(x, t, c):
-      # dit.text_mask=False: attend to padded (zero) text slots too, as Wan was trained.
-      mask = c[1] if self.cfg.dit.text_mask else None
-      return self.dit.apply({"params": dit_params}, x, t, c[0], mask)
-    b = noise.shape[0]
-    uncond = (jnp.broadcast_to(self.null_emb, (b, *self.null_emb.shape[1:])),
-              jnp.broadcast_to(self.null_mask, (b, *self.null_mask.shape[1:])))
-    return solvers.sample(model_fn, noise, cond_latents, cond_mask, sigmas, solver=solver,
-                          cfg_scale=cfg_scale, cond=(emb, mask), uncond=uncond,
-                          prediction=self.cfg.diffusion.prediction)
-
   def denoise(self, plan: tasks.Plan, seeds: list[int], prompts: list[str], steps: int,
               cfg_scale: float, solver: str = "euler", shift: float | None = None) -> jax.Array:
     """Samples `plan` (batch = len(prompts)) -> normalised latents (B, t, h, w, C)."""
@@ -213,6 +200,32 @@ class VideoPipeline:
     keys = [jax.random.PRNGKey(s) for s in seeds]  # window 0: the t2v noise of each seed
     latents = tasks.sample_long(window_fn, keys, total, tasks.t2v(b, wl, hwc), ol)
     return self.decode(jnp.asarray(latents))
+
+
+def make_denoise(cfg, dit, null_text):
+  """The jitted sampler: (dit_params, noise, cond_latents, cond_mask, sigmas, emb, mask,
+  cfg_scale, solver) -> clean latents, one `solvers.sample` ODE solve with CFG.
+
+  noise / cond_latents (B, t, h, w, C) float32, cond_mask (B, t) bool, sigmas (S,) float32,
+  emb (B, L, D) float32, mask (B, L) bool, cfg_scale a float32 scalar, `solver` static.
+  null_text: (emb (1, L, D), mask (1, L)) of the empty prompt, the unconditional branch.
+  `--mode=sample` runs it and `--mode=compile` compiles it (sora_jax/parallel/aot.py).
+  """
+  null_emb, null_mask = null_text
+
+  def denoise(dit_params, noise, cond_latents, cond_mask, sigmas, emb, mask, cfg_scale, solver):
+    def model_fn(x, t, c):
+      # dit.text_mask=False: attend to padded (zero) text slots too, as Wan was trained.
+      mask = c[1] if cfg.dit.text_mask else None
+      return dit.apply({"params": dit_params}, x, t, c[0], mask)
+    b = noise.shape[0]
+    uncond = (jnp.broadcast_to(null_emb, (b, *null_emb.shape[1:])),
+              jnp.broadcast_to(null_mask, (b, *null_mask.shape[1:])))
+    return solvers.sample(model_fn, noise, cond_latents, cond_mask, sigmas, solver=solver,
+                          cfg_scale=cfg_scale, cond=(emb, mask), uncond=uncond,
+                          prediction=cfg.diffusion.prediction)
+
+  return jax.jit(denoise, static_argnames=("solver",))
 
 
 def _slug(text: str) -> str:
