@@ -1,7 +1,9 @@
 """Wan 2.1 T2V-14B shapes: DiT dim 5120 x 40 layers (40 heads), umT5-XXL text, Wan 2.1 VAE.
 
 Target: TPU v5p-256 (128 chips, 32 hosts); mesh data=2, fsdp=16, sequence=4, tensor=1.
-FSDP over 16 chips holds the 14.3B f32 parameters + AdamW + EMA (~230 GB) at ~14 GB a chip;
+FSDP over 16 chips holds the 14.3B f32 parameters + AdamW + EMA (~230 GB) at ~14 GB a chip
+(the whole train step compiles to 57.4 GB a chip of 95 GiB: `--mode=compile
+--config.compile.topology=v5:4x4x8`, docs/results.md);
 720p, 81 frames is 21 x 45 x 80 = 75,600 tokens a clip, split 4 ways over 'sequence'
 (Ulysses: 40 heads / 4). bf16 compute, full remat, splash attention. Run the same command
 on every host (e.g. `gcloud compute tpus tpu-vm ssh NAME --worker=all --command=...`), with

@@ -37,6 +37,10 @@ def test_benchmark_writes_consistent_report(tmp_path):
     assert len(r["times_s"]) == 2 and r["median_s"] > 0 and r["compile_s"] > 0
     assert r["tokens_per_s"] == pytest.approx(tokens / r["median_s"])
     assert r["memory"]["peak_estimate"] > 0 and r["mfu"] > 0
+    # MFU's denominator is the idle peak measured once before the steps, nothing per step.
+    achieved = r["model_flops"] / r["median_s"] / report["devices"]
+    assert r["mfu"] == pytest.approx(achieved / report["peak_flops_per_device"]["float32"])
+    assert "probe_times_s" not in r and r["mfu_cpu_time"] > 0
   assert report["train"]["memory"]["temp"] > report["sample"]["memory"]["temp"]
   assert report["peak_flops_per_device"]["float32"] > 0
 

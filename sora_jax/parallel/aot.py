@@ -12,12 +12,17 @@ the TPU compiler. What the compiler says is the answer:
   bytes_per_chip   `memory_analysis()`: arguments, outputs, temporaries; total =
                    arguments + outputs + temps - aliased (donated state counted once)
   fits             total <= the chip's HBM (sora_jax/parallel/chips.py)
-  flops_per_chip   `cost_analysis()` (Pallas kernels such as splash are not counted)
+  flops_per_chip   the matmuls (dots, convolutions) of the optimized HLO, each weighted by
+                   its loops' trip counts (`cost_analysis()` counts a scanned layer once),
+                   plus the attention FLOPs of the splash kernels (Pallas kernels are
+                   opaque to the compiler: analytic, `kernel_flops`)
   collectives      kind -> count of collective ops in the optimized HLO (static count; a
                    reduce-scatter the TPU compiler fuses as `all-reduce-scatter` counts as
                    reduce-scatter)
   custom_calls     target -> count; Pallas kernels as `tpu_custom_call:KERNEL` (splash:
                    `splash_mha_fwd...`, `splash_mha_dq...`, `splash_mha_dkv...`)
+
+The optimized TPU HLO of each program is written beside it (DIR/compile_PROGRAM.hlo.txt).
 
 Shapes: the train step at `compile.bucket` (default: the data bucket with the most
 tokens) x `data.batch_size`; the sample step at sample.{num_frames, height, width} x
@@ -193,16 +198,51 @@ def _trip_count(cond_lines: list) -> int:
   """Iterations of a while loop from its condition `i < N` (XLA:TPU drops
   known_trip_count; scans and fori_loops count from 0). 1 if not of that form."""
   consts = [int(m.group(1)) for line in cond_lines
-            for m in [re.search(r"s32\[\][^=]*=\s*s32\[\]\S*\s+constant\((\d+)\)", line)] if m]
+            for m in [re.search(r"=\s*s32\[\]\S*\s+constant\((\d+)\)", line)] if m]
   lt = any("direction=LT" in line for line in cond_lines)
   return consts[0] if lt and len(consts) == 1 else 1
+
+
+# Ops that move no data through HBM (views, bookkeeping, control flow counted in callees).
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while",
+               "conditional", "call", "after-all", "partition-id", "replica-id", "copy-done",
+               "all-gather-done", "all-reduce-done", "collective-permute-done", "send-done",
+               "recv-done", "opt-barrier"}
+
+
+def _dims(shape: str) -> list[int]:
+  arrays = [a for a in _SHAPE.findall(shape)]
+  return [int(d) for d in arrays[0][1].split(",") if d] if arrays else []
+
+
+def _matmul_flops(op: str, shape: str, rest: str, shapes: dict) -> int:
+  """2 x multiply-adds of a dot or a convolution (how the TPU compiler writes matmuls):
+  output elements x the contracted size (a convolution's kernel elements per output
+  feature; a dot's contracting dims of its left operand)."""
+  out = math.prod(_dims(shape))
+  operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+  if op == "convolution" and len(operands) >= 2:
+    labels = re.search(r"dim_labels=\w*_(\w+)->", rest)
+    kernel = _dims(shapes.get(operands[1], ""))
+    if not labels or len(kernel) != len(labels.group(1)):
+      return 0
+    return 2 * out * math.prod(kernel) // kernel[labels.group(1).index("o")]
+  if op == "dot" and operands:
+    lhs = _dims(shapes.get(operands[0], ""))
+    contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
+    if not lhs or not contract:
+      return 0
+    return 2 * out * math.prod(lhs[int(i)] for i in contract.group(1).split(",") if i)
+  return 0
 
 
 def hlo_summary(hlo: str) -> dict:
   """Collectives and custom calls of an optimized HLO module.
 
   Returns {'collectives': {kind: count}, 'custom_calls': {target: count},
-  'collective_bytes': bytes per execution}. Counts are static: an op inside the scanned
+  'collective_bytes', 'matmul_flops', 'hbm_bytes': per execution}. FLOPs are the dots
+  and convolutions; HBM bytes what every unfused instruction reads and writes (fusions'
+  insides stay on chip). Counts are static: an op inside the scanned
   layer counts once. Bytes weight each op by how often it runs (while-loop trip counts)
   and approximate what one chip sends with ring algorithms: the result of an all-gather,
   all-to-all or collective-permute, twice the result of an all-reduce, the operands of a
@@ -210,16 +250,30 @@ def hlo_summary(hlo: str) -> dict:
   fusions (an all-reduce and slices inside); each counts as one reduce-scatter.
   """
   comps = _computations(hlo)
-  counts, customs, own, calls = {}, {}, {}, {}
+  counts, customs, own, calls, flops, traffic = {}, {}, {}, {}, {}, {}
+  fused = set()  # computations inlined into a fusion: their values never reach HBM
+  for value in comps.values():
+    for line in value[1] if isinstance(value, tuple) else ():
+      if " fusion(" in line:
+        fused.update(re.findall(r"calls=%?([\w.\-]+)", line))
   for name, value in comps.items():
     if name == "__entry__" or name.startswith("all-reduce-scatter"):
       continue  # the fusion's insides are counted at the fusion
-    own[name], calls[name] = 0, []
+    own[name], calls[name], flops[name], traffic[name] = 0, [], 0, 0
+    shapes = {}  # instruction -> its shape, for matmul operands and HBM traffic
     for line in value[1]:
       m = _INSTR.match(line)
       if not m:
         continue
       instr, shape, op, rest = m.groups()
+      shapes[instr] = shape
+      if name not in fused and op not in _NO_TRAFFIC:
+        # An unfused instruction reads its operands from HBM and writes its result there.
+        operands = re.findall(r"%([\w.\-]+)", rest.split("),")[0])
+        traffic[name] += _shape_bytes(shape) + sum(_shape_bytes(shapes.get(o, ""))
+                                                   for o in operands)
+      if op in ("convolution", "dot"):
+        flops[name] += _matmul_flops(op, shape, rest, shapes)
       base = op[:-len("-start")] if op.endswith("-start") else op
       kind, nbytes = None, 0
       if base in COLLECTIVES:
@@ -258,18 +312,21 @@ def hlo_summary(hlo: str) -> dict:
         for group in re.findall(r"branch_computations=\{([^}]*)\}", rest):
           calls[name] += [(c.strip().lstrip("%"), 1) for c in group.split(",")]
 
-  memo = {}
+  def weighted(per_comp):
+    memo = {}
 
-  def total(name, depth=0):
-    if name not in memo:
-      memo[name] = 0 if depth > 100 else own.get(name, 0) + sum(
-          t * total(c, depth + 1) for c, t in calls.get(name, ()))
-    return memo[name]
+    def total(name, depth=0):
+      if name not in memo:
+        memo[name] = 0 if depth > 100 else per_comp.get(name, 0) + sum(
+            t * total(c, depth + 1) for c, t in calls.get(name, ()))
+      return memo[name]
+    entry = comps.get("__entry__")
+    return total(entry) if entry else 0
 
-  entry = comps.get("__entry__")
   return {"collectives": dict(sorted(counts.items())),
           "custom_calls": dict(sorted(customs.items())),
-          "collective_bytes": total(entry) if entry else 0}
+          "collective_bytes": weighted(own), "matmul_flops": weighted(flops),
+          "hbm_bytes": weighted(traffic)}
 
 
 def cross_slice_transfers(hlo: str) -> dict:
@@ -299,20 +356,37 @@ def program_report(compiled, hlo: str, chip: chips.Chip | None, seconds: float):
   args, outs, temps = (int(getattr(m, f"{k}_size_in_bytes")) for k in ("argument", "output", "temp"))
   alias = int(m.alias_size_in_bytes)
   total = args + outs + temps - alias
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   summary = hlo_summary(hlo)
   hbm = chip.hbm_bytes if chip else None
   report = {
       "bytes_per_chip": {"arguments": args, "outputs": outs, "temps": temps, "total": total},
       "hbm_bytes_per_chip": hbm,
       "fits": bool(hbm is not None and total <= hbm),
-      "flops_per_chip": float(cost.get("flops", 0.0)) if cost else 0.0,
+      "flops_per_chip": float(summary["matmul_flops"]),
       "collectives": summary["collectives"],
       "custom_calls": summary["custom_calls"],
       "compile_seconds": round(seconds, 1),
   }
-  return report, summary["collective_bytes"], float(cost.get("bytes accessed", 0.0)) if cost else 0.0
+  return report, summary["collective_bytes"], float(summary["hbm_bytes"])
+
+
+_UNITS = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}
+
+
+def out_of_memory_report(message: str, chip: chips.Chip | None, seconds: float) -> dict:
+  """compile.json's entry for a program the TPU compiler refused for lack of HBM; its
+  figures come from the compiler's message ('temporaries (39.77G) exceeds available HBM
+  (31.25G)', binary units), those it does not give are null."""
+  found = re.search(r"temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)",
+                    message)
+  temps = hbm = None
+  if found:
+    temps = int(float(found.group(1)) * _UNITS[found.group(2)])
+    hbm = int(float(found.group(3)) * _UNITS[found.group(4)])
+  return {"bytes_per_chip": {"arguments": None, "outputs": None, "temps": temps, "total": None},
+          "hbm_bytes_per_chip": hbm or (chip.hbm_bytes if chip else None), "fits": False,
+          "flops_per_chip": None, "collectives": {}, "custom_calls": {},
+          "compile_seconds": round(seconds, 1)}
 
 
 def estimate_step_seconds(chip: chips.Chip, flops: float, hbm_bytes: float,
@@ -329,8 +403,26 @@ class Compiled:
   """One program's compile.json figures plus what the estimates need."""
   report: dict
   collective_bytes: int
-  bytes_accessed: float
+  bytes_accessed: float  # HBM bytes read and written (hlo_summary).
   hlo: str  # The optimized TPU HLO.
+
+
+def kernel_flops(cfg, program: str, chips_: int) -> float:
+  """Per-chip FLOPs of the splash kernels of `program` (QK^T and PV of self- and
+  cross-attention, analytic): Pallas kernels are opaque to the compiler's count."""
+  if program == "train":
+    frames, height, width = train_clip(cfg)
+    clips = cfg.data.batch_size * (4 if cfg.dit.remat_policy != "none" else 3)
+  else:
+    s = cfg.sample
+    frames, height, width = (1 if s.task == "t2i" else s.num_frames), s.height, s.width
+    calls = (1 if s.cfg_scale == 1 else 2) * (2 if s.solver == "heun" else 1)
+    clips = s.batch_size * calls * s.steps
+  t, h, w = config_check.latent_size(cfg, frames, height, width)
+  pt, ph, pw = cfg.dit.patch_size
+  tokens = (t // pt) * (h // ph) * (w // pw)
+  per_layer = 2 * 2 * tokens * (tokens + cfg.text.max_length) * cfg.dit.dim
+  return per_layer * cfg.dit.num_layers * clips / chips_
 
 
 def compile_program(cfg, mesh, program: str, chip: chips.Chip | None) -> Compiled:
@@ -341,6 +433,8 @@ def compile_program(cfg, mesh, program: str, chip: chips.Chip | None) -> Compile
   seconds = time.perf_counter() - t0
   hlo = compiled.as_text()
   report, coll, accessed = program_report(compiled, hlo, chip, seconds)
+  if any(k.startswith("tpu_custom_call:splash") for k in report["custom_calls"]):
+    report["flops_per_chip"] += kernel_flops(cfg, program, mesh.devices.size)
   return Compiled(report, coll, accessed, hlo)
 
 
@@ -387,8 +481,17 @@ def run(cfg, workdir: str) -> None:
     print(f"[compile] no chip figures for {c.topology!r} in sora_jax/parallel/chips.py: "
           "memory is reported, fit and estimates are not", flush=True)
   results = {}
+  refused = {}
   for name in programs:
-    results[name] = compile_program(cfg, mesh, name, chip)
+    t0 = time.perf_counter()
+    try:
+      results[name] = compile_program(cfg, mesh, name, chip)
+    except jax.errors.JaxRuntimeError as e:
+      if "RESOURCE_EXHAUSTED" not in str(e):
+        raise
+      refused[name] = out_of_memory_report(str(e), chip, time.perf_counter() - t0)
+      print(f"[compile] {name}: the compiler ran out of HBM", flush=True)
+      continue
     print(f"[compile] {name}: compiled in {results[name].report['compile_seconds']:.0f}s",
           flush=True)
     if c.num_slices > 1:
@@ -396,14 +499,24 @@ def run(cfg, workdir: str) -> None:
       print(f"[compile] {name}: bytes sent across slices (DCN) by kind: "
             f"{', '.join(f'{k} {v / 1e6:.3f} MB' for k, v in dcn.items()) or 'none'}",
             flush=True)
-  report = {"topology": c.topology, "chips": len(devices),
-            "mesh": dict(mesh.shape), **{k: v.report for k, v in results.items()}}
+  for name, r in results.items():  # for reading the collectives and kernels yourself
+    with open(os.path.join(workdir, f"compile_{name}.hlo.txt"), "w") as f:
+      f.write(r.hlo)
+  report = {"topology": c.topology, "chips": len(devices), "mesh": dict(mesh.shape),
+            **{k: (results[k].report if k in results else refused[k]) for k in programs}}
   path = os.path.join(workdir, "compile.json")
   with open(path, "w") as f:
     json.dump(report, f, indent=1)
-  print(table(results, chip), flush=True)
+  if results:
+    print(table(results, chip), flush=True)
   print(f"[compile] wrote {path}; the step time is an estimate from chip peaks "
         "(sora_jax/parallel/chips.py), not a measurement", flush=True)
+  for name, r in refused.items():
+    temps, hbm = r["bytes_per_chip"]["temps"], r["hbm_bytes_per_chip"]
+    need = (f"needs {_gb(temps)} GB of temporaries per chip besides the arguments, > "
+            f"{_gb(hbm)} GB available HBM" if temps else "ran out of HBM")
+    raise ConfigError(f"the {name} step does not fit {c.topology}: the TPU compiler {need}; "
+                      "try --config.compile.search=True for a layout that fits")
   for name, r in results.items():
     b = r.report["bytes_per_chip"]
     hbm = r.report["hbm_bytes_per_chip"]

@@ -30,7 +30,9 @@ CHIPS = {
                 "https://cloud.google.com/tpu/docs/v5e"),
     # "Peak compute per chip (bf16) 918 TFLOPs", "HBM capacity per chip 32 GB", "HBM
     # bandwidth per chip 1638 GBps", "Bidirectional ICI bandwidth (per chip) 800 GBps".
-    "v6e": Chip("TPU v6e (Trillium)", 32 * GiB, 918e12, 1638e9, 800e9,
+    # HBM: libtpu 0.0.42 compiles against 31.25 GiB of it ("exceeds available HBM
+    # (31.25G)"), which is what a program can use.
+    "v6e": Chip("TPU v6e (Trillium)", int(31.25 * GiB), 918e12, 1638e9, 800e9,
                 "https://cloud.google.com/tpu/docs/v6e"),
 }
 

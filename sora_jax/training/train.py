@@ -162,8 +162,8 @@ class Trainer:
     self.rules = mesh_lib.rules(cfg)
     dp = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
     if cfg.data.batch_size % dp:
-      raise ValueError(f"data.batch_size={cfg.data.batch_size} must divide over {dp} "
-                       "data-parallel devices (mesh.data x mesh.fsdp)")
+      raise ConfigError(f"data.batch_size={cfg.data.batch_size} must divide over {dp} "
+                        "data-parallel devices (mesh.data x mesh.fsdp)")
     self.dit = dit_lib.dit_from_config(cfg)
     self.tx = optim.make_optimizer(
         cfg.train.lr, cfg.train.warmup_steps, cfg.train.num_steps, cfg.train.min_lr_ratio,
