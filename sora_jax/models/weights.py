@@ -221,11 +221,10 @@ def latent_stats(cfg, workdir: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
   """Per-channel (mean, std) of VAE latents, measured by --mode=encode (float32)."""
-  path = paths.latent_stats(workdir)
-  if not os.path.exists(path):
+  path = paths.path(paths.latent_stats(workdir))
+  if not path.exists():
     raise missing_step(f"no latent statistics ({path} is missing)", "encode")
-  with open(path) as f:
-    s = json.load(f)
+  s = json.loads(path.read_text())
   return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 

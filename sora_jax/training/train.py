@@ -115,8 +115,10 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
            "ema": optim.ema_update(state["ema"], params, cfg.train.ema_decay, state["step"])}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32))}
+    grad_norm = optax.global_norm(grads)
+    return new, {"loss": loss, "grad_norm": grad_norm,
+                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32)),
+                 "finite": optim.all_finite(loss, grad_norm)}
 
   return init_state, train_step
 

@@ -114,6 +114,7 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
       d_updates, d_opt = dtx.update(d_grads, state["disc_opt"], state["disc"])
       new.update(disc=optax.apply_updates(state["disc"], d_updates), disc_opt=d_opt)
       metrics["d_loss"] = d_loss
+    metrics["finite"] = optim.all_finite(*metrics.values())
     return new, metrics
 
   return init_state, train_step
