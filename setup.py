@@ -18,6 +18,7 @@ INSTALL_REQUIRES = [
     "av==18.1.0",
     "Pillow==13.0.0",
     "ml_dtypes==0.7.0",
+    "etils[epath]==1.15.0",  # paths that may be gs:// (sora_jax/paths.py)
     "safetensors==0.8.0",
     "tokenizers==0.23.3",
     "tensorboardX==2.6.5",
