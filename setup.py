@@ -18,14 +18,12 @@ INSTALL_REQUIRES = [
     "av==18.1.0",
     "Pillow==13.0.0",
     "ml_dtypes==0.7.0",
-    "etils[epath]==1.15.0",  # paths that may be gs:// (sora_jax/paths.py)
+    "etils[epath,epath-gcs]==1.15.0",  # paths that may be gs:// (sora_jax/paths.py; gcsfs)
     "safetensors==0.8.0",
     "tokenizers==0.23.3",
     "tensorboardX==2.6.5",
     "matplotlib==3.11.2",
     "psutil==7.2.2",
-    # gs:// workdirs: etils.epath reaches buckets through gcsfs (no TensorFlow needed).
-    "gcsfs==2026.10.1",
 ]
 
 EXTRAS = {
