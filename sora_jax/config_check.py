@@ -25,6 +25,11 @@ class ConfigError(ValueError):
   """A config value that cannot work; the message says what is allowed."""
 
 
+def missing_step(what: str, mode: str) -> ConfigError:
+  """The error for an input that an earlier mode writes, naming that mode."""
+  return ConfigError(f"{what}; run --mode={mode} first (with the same --config and --workdir)")
+
+
 def _one_of(name, value, allowed):
   if value not in allowed:
     raise ConfigError(f"{name}={value!r} is not allowed; choose one of: {', '.join(allowed)}")
@@ -281,6 +286,9 @@ def _check_sample(cfg, mode: str) -> None:
     raise ConfigError(f"sample.prompts_file={s.prompts_file!r} does not exist")
   needs = {"i2v": ("image",), "interpolate": ("image", "end_image"),
            "extend": ("video",), "extend_backward": ("video",), "edit": ("video",)}
+  if s.task == "loop" and s.video:
+    raise ConfigError("sample.task='loop' starts from sample.image=PATH (or samples its first "
+                      "frame); it does not read sample.video")
   if mode == "sample":
     for field in needs.get(s.task, ()):
       if not s[field]:

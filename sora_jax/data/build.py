@@ -15,6 +15,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from sora_jax import paths
+from sora_jax.config_check import missing_step
 from sora_jax.data import tfds_folder
 from sora_jax.data import tfds_shapes
 
@@ -58,9 +59,7 @@ def source_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
   if not builder.is_prepared() and cfg.data.name == "video_folder":
     builder = _older_folder_build(builder) or builder
   if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"no built {cfg.data.name} data set at {builder.data_dir}; build it with the same "
-        "config: python -m sora_jax --config=... --workdir=... --mode=data")
+    raise missing_step(f"no built {cfg.data.name} data set at {builder.data_dir}", "data")
   return builder
 
 

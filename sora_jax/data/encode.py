@@ -24,6 +24,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from sora_jax import paths
+from sora_jax.config_check import missing_step
 from sora_jax.data import build as build_lib
 from sora_jax.data import tfds_shapes
 from sora_jax.models import text_encoder as text_lib
@@ -114,7 +115,7 @@ def _builder(cfg, workdir: str, info: dict | None = None) -> EncodedLatents:
 def read_info(cfg, workdir: str) -> dict:
   path = os.path.join(paths.latents_dir(cfg, workdir), INFO)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
+    raise missing_step(f"no encoded data set ({path} is missing)", "encode")
   with open(path) as f:
     return json.load(f)
 
@@ -222,7 +223,8 @@ def run(cfg, workdir: str) -> None:
              for i in range(x.shape[0])]
       return tuple(jnp.concatenate(parts) for parts in zip(*enc))
   else:
-    params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True)
+    params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True,
+                                              written_by="train_vae")
     vae_apply = jax.jit(lambda x: vae.apply({"params": params}, x, method=vae.encode))
     text = text_lib.load_text_encoder(cfg)
   null_emb, null_mask = text([""])

@@ -35,7 +35,6 @@ from sora_jax.models import vae as vae_lib
 from sora_jax.models import weights
 from sora_jax.sampling import tasks
 from sora_jax.training import checkpoint, lora
-from sora_jax.training.train import load_latent_stats
 
 
 class VideoPipeline:
@@ -55,10 +54,12 @@ class VideoPipeline:
           dit_params, self.step = self._with_adapters(base, workdir, use_ema)
     else:
       if vae_params is None:
-        vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
+        vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema,
+                                               written_by="train_vae")
       if dit_params is None:
-        dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema)
-      mu, sigma = load_latent_stats(workdir)
+        dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema,
+                                                       written_by="train")
+      mu, sigma = weights.load_latent_stats(workdir)
       self.text = text_lib.load_text_encoder(cfg)
     self.vae_params, self.dit_params = vae_params, dit_params
     self.mu, self.sigma = jnp.asarray(mu), jnp.asarray(sigma)
@@ -196,8 +197,8 @@ class VideoPipeline:
       return self._denoise(self.dit_params, noise, cond_latents, cond_mask, sig, emb, mask,
                            jnp.float32(cfg_scale), solver=solver)
 
-    rng = jax.random.PRNGKey(seeds[0])
-    latents = tasks.sample_long(window_fn, rng, total, tasks.t2v(b, wl, hwc), ol)
+    keys = [jax.random.PRNGKey(s) for s in seeds]  # window 0: the t2v noise of each seed
+    latents = tasks.sample_long(window_fn, keys, total, tasks.t2v(b, wl, hwc), ol)
     return self.decode(jnp.asarray(latents))
 
 
