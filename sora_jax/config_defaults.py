@@ -189,9 +189,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.sample.shift = -1.0  # Sampling schedule shift; <0: the training rule for this size.
   cfg.sample.cfg_scale = 4.0  # Classifier-free guidance scale (1: no guidance).
   cfg.sample.use_ema = True  # Sample with the EMA weights.
-  cfg.sample.image = ""  # i2v / interpolate start image (or clip) path.
+  cfg.sample.image = ""  # i2v / interpolate / loop start image (or clip) path; loop samples one without it.
   cfg.sample.end_image = ""  # interpolate end image (or clip) path.
-  cfg.sample.video = ""  # extend / extend_backward / edit / loop source clip path.
+  cfg.sample.video = ""  # extend / extend_backward / edit source clip path.
   cfg.sample.strength = 0.7  # edit: how far toward noise the input is pushed (0..1).
   cfg.sample.cond_frames = 5  # extend: how many given pixel frames condition the new ones.
   cfg.sample.long_window = 17  # long: frames per window.

@@ -6,6 +6,9 @@ path or a bucket URL (`gs://BUCKET/run`). Files go through `etils.epath` (gcsfs 
 `gs://`), arrays through orbax/tensorstore; `os.path` and `open` would turn `gs://B/run`
 into the local folder `./gs:/B/run`.
 """
+import contextlib
+import tempfile
+
 from etils import epath
 
 
@@ -22,6 +25,44 @@ def path(p) -> epath.Path:
 def join(p, *parts: str) -> str:
   """`p`/parts..., a string (local paths absolute)."""
   return str(path(p).joinpath(*parts))
+
+
+def forget_listings(p) -> None:
+  """Drops the cached listings of bucket path `p` (gcsfs keeps them per process, so what
+  another process wrote since is otherwise not seen)."""
+  if is_remote(p):
+    from etils.epath import backend  # pylint: disable=g-import-not-at-top
+    backend.fsspec_backend.fs(str(p)).invalidate_cache()
+
+
+def files(p) -> list[epath.Path]:
+  """Every file under folder `p` (epath refuses `**` globs: they cost an RPC per match)."""
+  out = []
+  for child in path(p).iterdir():
+    out += files(child) if child.is_dir() else [child]
+  return out
+
+
+def copy_tree(src, dst) -> None:
+  """Copies every file under `src` to the same place under `dst` (either may be a bucket)."""
+  src, dst = path(src), path(dst)
+  for f in files(src):
+    target = dst / f.relative_to(src)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(f.read_bytes())
+
+
+@contextlib.contextmanager
+def local_dir(p):
+  """A local folder standing in for `p` while a library that writes only local files
+  (array_record's writer, PyAV) works; for a bucket its files are copied up after."""
+  if not is_remote(p):
+    path(p).mkdir(parents=True, exist_ok=True)
+    yield str(path(p))
+    return
+  with tempfile.TemporaryDirectory(prefix="sora_jax_") as tmp:
+    yield tmp
+    copy_tree(tmp, p)
 
 
 def data_dir(cfg, workdir: str) -> str:

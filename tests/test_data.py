@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from sora_jax.config_check import ConfigError
 from sora_jax.config_defaults import base_config
 from sora_jax.data import build
 from sora_jax.data import pipeline
@@ -76,7 +77,7 @@ def test_each_config_gets_its_own_data_set(data_dir):
            ({}, {"num_train": 15}, {"seed": 1}, {"two_object_fraction": 0.25},
             {"buckets": "5x32x32"})}
   assert len(names) == 5
-  with pytest.raises(FileNotFoundError, match="--mode=data"):
+  with pytest.raises(ConfigError, match="run --mode=data first"):
     pipeline.make_iterator(_cfg(seed=1), data_dir, process_index=0, process_count=1)
 
 

@@ -227,6 +227,8 @@ def test_i2v_and_interpolate_reproduce_given_frames(pipe, clip):
   assert np.abs(out[0].astype(int) - recon).max() <= 1
   out = pipe.run_task("interpolate", ["a"], [0], 9, 16, 16, image=image, end_image=clip[-1], **KW)[0]
   assert np.abs(out[0].astype(int) - recon).max() <= 1
+  out = pipe.run_task("loop", ["a"], [0], 9, 16, 16, image=image, **KW)[0]  # loop's input
+  assert np.abs(out[0].astype(int) - recon).max() <= 1
 
 
 def test_extend_keeps_the_clip_and_adds_frames(pipe, clip):
@@ -253,6 +255,13 @@ def test_same_seed_same_video_and_seeds_differ(pipe):
   diff = np.abs(a[0].astype(int) - b[0].astype(int))
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
   assert not np.array_equal(a[0], a[1])
+
+
+def test_long_draws_each_samples_noise_from_its_own_seed(pipe):
+  """One window of `long` is the t2v sample of the same seeds (each sample's own noise)."""
+  prompts = ["a red circle", "a red circle"]
+  long = pipe.run_task("long", prompts, [5, 6], 9, 16, 16, long_window=9, long_overlap=5, **KW)
+  np.testing.assert_array_equal(long, pipe.run_task("t2v", prompts, [5, 6], 9, 16, 16, **KW))
 
 
 def test_sample_mode_writes_videos_and_index(workdir, tmp_path):

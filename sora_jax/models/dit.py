@@ -39,12 +39,14 @@ angles, the time MLP and attention softmax in float32 (as Wan keeps them). Outpu
 import math
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.models.attention import attend
+from sora_jax.models.norms import RMSNorm
 
 _REMAT_POLICIES = {
     "full": None,  # Save nothing inside a block: recompute all of it in the backward pass.
@@ -136,21 +138,6 @@ def apply_rope(x_BLHD, cos_LK, sin_LK):
   x1, x2 = x[..., 0], x[..., 1]
   out = jnp.stack([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
   return out.reshape(b, l, h, d).astype(x_BLHD.dtype)
-
-
-class RMSNorm(nn.Module):
-  """RMS norm over the last axis (all heads at once, Wan's 'rms_norm_across_heads'), f32."""
-  eps: float
-  param_dtype: Any
-  axis_name: str = "heads"
-
-  @nn.compact
-  def __call__(self, x):
-    w = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-                   (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
-    return (y * w.astype(jnp.float32)).astype(x.dtype)
 
 
 class Attention(nn.Module):
@@ -388,9 +375,9 @@ class WanDiT(nn.Module):
       text_mask_BL = jnp.ones(text_BLD.shape[:2], bool)
     c_out = self.out_channels or self.in_channels
 
-    # Patchify: (B, F, pt, Gh, ph, Gw, pw, C) -> tokens (B, F*Gh*Gw, pt*ph*pw*C), frame-major.
-    p = x_BTHWC.reshape(b, f, pt, gh, ph, gw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-    p = p.reshape(b, f * gh * gw, pt * ph * pw * c).astype(self.dtype)
+    # Patchify: tokens frame-major, each the (pt, ph, pw, C) block of its patch.
+    p = einops.rearrange(x_BTHWC, "b (f pt) (gh ph) (gw pw) c -> b (f gh gw) (pt ph pw c)",
+                         pt=pt, ph=ph, pw=pw).astype(self.dtype)
     x = _dense(self.dim, ("channels", "embed"), self.dtype, self.param_dtype,
                "patch_embedding")(p)
     x = nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
@@ -435,8 +422,9 @@ class WanDiT(nn.Module):
     # Zero-initialised head (Wan): the untrained network predicts 0.
     out = _dense(pt * ph * pw * c_out, ("embed", "channels"), self.dtype, self.param_dtype,
                  "proj_out", nn.initializers.zeros)(h)
-    out = out.astype(jnp.float32).reshape(b, f, gh, gw, pt, ph, pw, c_out)
-    return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tt, hh, ww, c_out)
+    return einops.rearrange(out.astype(jnp.float32),
+                            "b (f gh gw) (pt ph pw c) -> b (f pt) (gh ph) (gw pw) c",
+                            f=f, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw)
 
 
 def dit_from_config(cfg) -> WanDiT:

@@ -9,8 +9,8 @@ does) and the ones the compiler says fit are printed ordered by the collective b
 their compiled HLO, with the flags that select them. Writes DIR/search.json.
 """
 import json
-import os
 
+from sora_jax import paths
 from sora_jax.config_check import ConfigError
 from sora_jax.parallel import aot, chips, planning
 from sora_jax.parallel import mesh as mesh_lib
@@ -115,11 +115,11 @@ def run(cfg, workdir: str) -> None:
                       "adds data parallelism across slices, mesh.dcn_data)")
   print(f"[search] {c.topology}: {len(devices)} x {chip.name}, train step at "
         f"{'x'.join(map(str, aot.train_clip(cfg)))} x batch {cfg.data.batch_size}", flush=True)
-  path = os.path.join(workdir, "search.json")
+  path = paths.path(workdir) / "search.json"
 
   def save(rows):
-    with open(path, "w") as f:
-      json.dump({"topology": c.topology, "chips": len(devices), "compiled": rows}, f, indent=1)
+    path.write_text(json.dumps({"topology": c.topology, "chips": len(devices),
+                                "compiled": rows}, indent=1))
 
   rows = search(cfg, devices, chip, log=lambda s: print(s, flush=True), save=save)
   fitting = sorted((r for r in rows if r.get("fits")), key=lambda r: r["collective_bytes"])

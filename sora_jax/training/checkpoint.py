@@ -180,6 +180,7 @@ class Checkpointer:
         _move_tree(self.directory / str(step), target)
         print(f"warning: moved unreadable checkpoint step {step} to {target}", flush=True)
     multihost_utils.sync_global_devices("checkpoint: unreadable steps moved")
+    paths.forget_listings(self.directory)
     self.manager.reload()
 
   def wait(self) -> None:
@@ -195,10 +196,7 @@ def _move_tree(src: epath.Path, dst: epath.Path) -> None:
   if not paths.is_remote(src):
     src.rename(dst)
     return
-  for f in src.rglob("*"):
-    if f.is_file():
-      (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-      f.copy(dst / f.relative_to(src))
+  paths.copy_tree(src, dst)
   src.rmtree()
 
 
@@ -229,12 +227,17 @@ def read_tree(directory: str, step: int | None = None) -> tuple[Any, int]:
   return ocp.StandardCheckpointer().restore(_item_dir(paths.path(directory), step)), step
 
 
-def load_params(directory: str, use_ema: bool = True, step: int | None = None):
+def load_params(directory: str, use_ema: bool = True, step: int | None = None,
+                written_by: str = ""):
   """(parameters (EMA or raw), step) from an orbax checkpoint in `directory`, on host.
 
   step: which checkpoint (default: the newest). Works for full training checkpoints and
-  for exported ones holding only {'ema'}.
+  for exported ones holding only {'ema'}. written_by: the mode that writes them; given, a
+  directory without checkpoints is a ConfigError naming it (else FileNotFoundError).
   """
+  if written_by and not all_steps(directory):
+    from sora_jax.config_check import missing_step  # pylint: disable=g-import-not-at-top
+    raise missing_step(f"no checkpoint in {directory}", written_by)
   tree, step = read_tree(directory, step)
   key = "ema" if (use_ema and "ema" in tree) or "params" not in tree else "params"
   return tree[key], step

@@ -18,7 +18,6 @@ adapters train (`sora_jax.training.lora`): the state and its checkpoints hold ad
 the frozen base is passed to every step.
 """
 import contextlib
-import json
 
 import flax.linen as nn
 import jax
@@ -39,15 +38,6 @@ from sora_jax.training import checkpoint, lora, loop, optim
 
 EVAL_NOISE_SEED = 1206  # Noise and text choice of the held-out evaluation (independent of `seed`).
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
-
-
-def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel (mean, std) of VAE latents, measured by --mode=encode."""
-  path = paths.path(paths.latent_stats(workdir))
-  if not path.exists():
-    raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
-  s = json.loads(path.read_text())
-  return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 
 def choose_text(rng, batch: dict, field: str):
@@ -108,13 +98,16 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     t_B = schedules.sample_timesteps(k_t, b, tokens, cfg.diffusion)
     cond_BT = masks_lib.sample_cond_mask(k_mask, b, t, probs)
     eps = jax.random.normal(k_eps, x0.shape)
+    # dit.dropout's key is folded in, not split above, so dropout 0 leaves every draw as it was.
+    k_dropout = jax.random.fold_in(state["rng"], 1)
 
     def loss_fn(params):
       if use_lora:
         params = lora.merge(base, params, cfg.train)
 
       def model_fn(x_t, t_BT, c):
-        return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
+        return dit.apply({"params": params}, x_t, t_BT, c[0], c[1],
+                         deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout})
       loss, _ = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
                                  cond=(emb, mask), t_clip=cfg.diffusion.x0_loss_t_clip)
       return loss
