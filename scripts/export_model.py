@@ -7,9 +7,6 @@ the exact config the model was trained with (base config + every changed field).
   python scripts/export_model.py --config=configs/shapes_tiny.py --workdir=workdir/ship \
       --out=pretrained/shapes [--config.a.b=v ... the overrides used for training]
 """
-import os
-import shutil
-
 from absl import app, flags
 from ml_collections import config_flags
 import jax
@@ -68,9 +65,9 @@ def get_config(arg=None):
 
 def export_checkpoint(src: str, dst: str, use_ema: bool = True) -> int:
   params, step = checkpoint.load_params(src, use_ema=use_ema)
-  if os.path.exists(dst):
-    shutil.rmtree(dst)
-  mngr = ocp.CheckpointManager(os.path.abspath(dst))
+  if paths.path(dst).exists():
+    paths.path(dst).rmtree()
+  mngr = ocp.CheckpointManager(paths.path(dst))
   key = "ema" if use_ema else "params"
   mngr.save(step, args=ocp.args.StandardSave({key: jax.device_get(params)}))
   mngr.wait_until_finished()
@@ -81,14 +78,14 @@ def export_checkpoint(src: str, dst: str, use_ema: bool = True) -> int:
 def main(argv):
   del argv
   cfg, src, out = _CONFIG.value, _WORKDIR.value, _OUT.value
-  os.makedirs(out, exist_ok=True)
+  out_dir = paths.path(out)
+  out_dir.mkdir(parents=True, exist_ok=True)
   vae_step = export_checkpoint(paths.vae_checkpoints(src), paths.vae_checkpoints(out))
   dit_step = export_checkpoint(paths.dit_checkpoints(src), paths.dit_checkpoints(out),
                                _DIT_EMA.value)
-  shutil.copy(paths.latent_stats(src), paths.latent_stats(out))
-  with open(os.path.join(out, "config.py"), "w") as f:
-    f.write(config_source(cfg))
-  size = sum(os.path.getsize(os.path.join(r, n)) for r, _, fs in os.walk(out) for n in fs)
+  paths.path(paths.latent_stats(src)).copy(paths.path(paths.latent_stats(out)), overwrite=True)
+  (out_dir / "config.py").write_text(config_source(cfg))
+  size = sum(f.stat().length for f in paths.files(out_dir))
   print(f"exported VAE step {vae_step}, DiT step {dit_step} to {out} ({size / 2**20:.1f} MiB)")
 
 

@@ -119,7 +119,8 @@ def imported_row(kind: str, path: str, config: str, clip_name: str, slice_name: 
                     flops_per_chip=r["flops_per_chip"])]
   else:
     entries = [dict(mesh=e["mesh"], attention=e["attention"], remat=e["remat"],
-                    compiled=({"total": e["bytes_per_chip"]} if "bytes_per_chip" in e else None),
+                    compiled=e.get("bytes") or ({"total": e["bytes_per_chip"]}
+                                                  if "bytes_per_chip" in e else None),
                     fits=e.get("fits", False), collectives=e.get("collectives", {}),
                     flops_per_chip=e.get("flops_per_chip"), error=e.get("error"),
                     collective_bytes=e.get("collective_bytes"),

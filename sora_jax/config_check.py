@@ -8,6 +8,8 @@ import json
 import os
 import re
 
+from sora_jax import paths
+
 MODES = ("data", "train_vae", "encode", "train", "sample", "eval", "benchmark", "compile")
 TASKS = ("t2v", "t2i", "i2v", "extend", "extend_backward", "loop", "interpolate", "edit", "long")
 SOLVERS = ("euler", "heun")
@@ -23,6 +25,11 @@ RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 
 class ConfigError(ValueError):
   """A config value that cannot work; the message says what is allowed."""
+
+
+def missing_step(what: str, mode: str) -> ConfigError:
+  """The error for an input that an earlier mode writes, naming that mode."""
+  return ConfigError(f"{what}; run --mode={mode} first (with the same --config and --workdir)")
 
 
 def _one_of(name, value, allowed):
@@ -59,8 +66,8 @@ def parse_buckets(spec: str) -> list[tuple[int, int, int]]:
 
 def init_from_dir(path: str) -> str:
   """train.init_from (a workdir or its checkpoints/ folder) -> the DiT checkpoints folder."""
-  sub = os.path.join(path, "checkpoints")
-  return sub if os.path.isdir(sub) else path
+  sub = paths.join(path, "checkpoints")
+  return sub if paths.path(sub).is_dir() else path
 
 
 def parse_bucket_weights(spec: str, num_buckets: int) -> list[float] | None:
@@ -76,6 +83,18 @@ def parse_bucket_weights(spec: str, num_buckets: int) -> list[float] | None:
         f"data.bucket_weights={spec!r} needs {num_buckets} non-negative weights (one per "
         "data.buckets entry) with a positive sum, or '' to sample buckets by size")
   return [w / sum(weights) for w in weights]
+
+
+def eval_timesteps(cfg) -> tuple[float, ...]:
+  """train.eval_timesteps as floats in (0, 1]."""
+  try:
+    ts = tuple(float(x) for x in str(cfg.train.eval_timesteps).split(","))
+  except ValueError:
+    ts = ()
+  if not ts or not all(0.0 < x <= 1.0 for x in ts):
+    raise ConfigError(f"train.eval_timesteps={cfg.train.eval_timesteps!r} must be comma-separated "
+                      "noise levels in (0, 1], e.g. '0.1,0.3,0.5,0.7,0.9'")
+  return ts
 
 
 def parse_weights(spec: str, names) -> dict[str, float]:
@@ -185,6 +204,12 @@ def check(cfg, mode: str) -> None:
   for k in ("num_steps", "log_every", "checkpoint_every"):
     if cfg.train[k] < 1:
       raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")
+  if cfg.data.train_records < 0:
+    raise ConfigError(f"data.train_records={cfg.data.train_records} must be >= 0 (0: all records)")
+  if cfg.train.eval_every < 0 or cfg.train.eval_batches < 1:
+    raise ConfigError(f"train.eval_every={cfg.train.eval_every} must be >= 0 (0: at every "
+                      f"checkpoint) and train.eval_batches={cfg.train.eval_batches} >= 1")
+  eval_timesteps(cfg)
   for k in ("data", "fsdp", "sequence", "tensor"):
     if cfg.mesh[k] == 0 or cfg.mesh[k] < -1:
       raise ConfigError(f"mesh.{k}={cfg.mesh[k]} must be a positive size or -1 (fill)")
@@ -195,7 +220,7 @@ def check(cfg, mode: str) -> None:
     if cfg.weights:
       raise ConfigError(f"train.init_from={cfg.train.init_from!r} and weights={cfg.weights!r} "
                         "both give the DiT's starting weights: set only one")
-    if mode == "train" and not os.path.isdir(init_from_dir(cfg.train.init_from)):
+    if mode == "train" and not paths.path(init_from_dir(cfg.train.init_from)).is_dir():
       raise ConfigError(f"train.init_from={cfg.train.init_from!r} has no DiT checkpoints "
                         f"folder ({init_from_dir(cfg.train.init_from)}): give a sora_jax "
                         "workdir, e.g. pretrained/shapes")
@@ -277,10 +302,13 @@ def _check_sample(cfg, mode: str) -> None:
     err = latent_grid_error(cfg, frames, s.height, s.width)
     if err:
       raise ConfigError(f"sample: {err}")
-  if s.prompts_file and not os.path.isfile(s.prompts_file):
+  if s.prompts_file and not paths.path(s.prompts_file).is_file():
     raise ConfigError(f"sample.prompts_file={s.prompts_file!r} does not exist")
   needs = {"i2v": ("image",), "interpolate": ("image", "end_image"),
            "extend": ("video",), "extend_backward": ("video",), "edit": ("video",)}
+  if s.task == "loop" and s.video:
+    raise ConfigError("sample.task='loop' starts from sample.image=PATH (or samples its first "
+                      "frame); it does not read sample.video")
   if mode == "sample":
     for field in needs.get(s.task, ()):
       if not s[field]:
@@ -314,10 +342,10 @@ def sample_jobs(cfg) -> list:
   path = cfg.sample.jobs_file
   if not path:
     return [("", cfg)]
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise ConfigError(f"sample.jobs_file={path!r} does not exist")
   jobs = []
-  with open(path, encoding="utf-8") as f:
+  with paths.path(path).open(encoding="utf-8") as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -16,7 +16,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from sora_jax import config_check
+from sora_jax import config_check, paths
 
 # mode -> "module:function"; each function takes (config, workdir).
 MODES = {
@@ -84,7 +84,7 @@ def main(argv) -> None:
     logging.set_verbosity(logging.WARNING)  # progress lines are printed; library INFO is noise
   maybe_initialize_distributed()
   enable_compilation_cache(_WORKDIR.value)
-  os.makedirs(_WORKDIR.value, exist_ok=True)
+  paths.path(_WORKDIR.value).mkdir(parents=True, exist_ok=True)
   resolve_mode(_MODE.value)(cfg, _WORKDIR.value)
 
 

@@ -1,5 +1,6 @@
 """The entry point refuses bad input with one clear line, before building anything."""
 import glob
+import importlib
 import importlib.util
 import os
 import subprocess
@@ -27,6 +28,8 @@ def _run(*args):
     (["--mode=sample", "--config.sample.task=dream"], "t2v"),
     (["--mode=sample", "--config.sample.height=30"], "height=30"),
     (["--mode=sample", "--config.sample.task=i2v"], "sample.image"),
+    (["--mode=sample", "--config.sample.task=loop", "--config.sample.video=clip.mp4"],
+     "starts from sample.image"),
     (["--config.data.buckets=17x32"], "FRAMESxHEIGHTxWIDTH"),
     (["--config.dit.attention=flashy"], "blockwise"),
     (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
@@ -162,3 +165,17 @@ def test_shipped_configs_set_only_known_keys(path):
   """base_config() is locked, so loading a config file proves it invents no key."""
   cfg = _load_config(path)
   assert cfg.is_locked
+
+
+@pytest.mark.parametrize("mode, first", [
+    ("train_vae", "data"), ("encode", "data"), ("train", "encode"), ("sample", "train_vae")])
+def test_a_mode_before_its_prerequisite_names_the_missing_step(tmp_path, mode, first):
+  """A ConfigError, which the entry point prints as one line (test_bad_input_is_one_clear_line).
+  The mode is run as sora_jax.main does (not imported here: its absl flags would collide)."""
+  module, fn = {"train_vae": "sora_jax.training.train_vae:run", "encode": "sora_jax.data.encode:run",
+                "train": "sora_jax.training.train:run",
+                "sample": "sora_jax.sampling.sample:run"}[mode].split(":")
+  cfg = base_config()
+  config_check.check(cfg, mode)
+  with pytest.raises(config_check.ConfigError, match=f"run --mode={first} first"):
+    getattr(importlib.import_module(module), fn)(cfg, str(tmp_path))

@@ -200,3 +200,32 @@ def test_a_program_the_compiler_refuses_for_memory_is_reported_with_its_figures(
   r = aot.out_of_memory_report(msg, chips.CHIPS["v6e"], 12.0)
   assert r["fits"] is False and r["bytes_per_chip"]["temps"] == int(39.77 * 2 ** 30)
   assert r["hbm_bytes_per_chip"] == int(31.25 * 2 ** 30) == chips.CHIPS["v6e"].hbm_bytes
+
+
+def test_search_keeps_what_the_compiler_confirms(monkeypatch):
+  """The search's bookkeeping, with the compiler stubbed: the planner's first layout is
+  refused for HBM, the second fits; both are saved as they finish, only the second fits."""
+  import jax
+  from sora_jax.parallel import aot, chips, layout_search
+  calls, saved = [], []
+
+  def fake_compile(cfg, mesh, program, chip):
+    calls.append(dict(mesh.shape))
+    if len(calls) == 1:
+      raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total "
+                                       "memory required for HLO temporaries (20.00G) exceeds "
+                                       "available HBM (15.75G).")
+    report = {"bytes_per_chip": {"arguments": 1, "outputs": 1, "temps": 2, "total": 3},
+              "fits": True, "flops_per_chip": 1e9, "collectives": {"all-reduce": 1},
+              "compile_seconds": 1.0}
+    return aot.Compiled(report, 1000, 1e6, "")
+
+  monkeypatch.setattr(aot, "compile_program", fake_compile)
+  cfg = tiny()
+  cfg.compile.search_top = 2
+  rows = layout_search.search(cfg, jax.devices()[:8], chips.CHIPS["v5e"], log=lambda s: None,
+                              save=lambda r: saved.append(len(r)))
+  assert saved == [1, 2] and len(calls) == 2
+  assert rows[0]["fits"] is False and rows[0]["bytes"]["temps"] == 20 * 2 ** 30
+  assert rows[1]["fits"] is True and rows[1]["collective_bytes"] == 1000
+  assert [dict(r["mesh"]) for r in rows] == calls  # the planner's order, compiled as proposed

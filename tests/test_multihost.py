@@ -4,28 +4,30 @@ Both runs go through the entry point (`python -m sora_jax --mode=train`). The 2-
 run joins through the JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
 variables (what scripts/launch_*.sh set on real clusters) on 127.0.0.1; each process
 loads only its half of every batch, and the global batch is assembled on the mesh. The
-per-step losses in metrics.jsonl must agree.
+per-step losses in metrics.jsonl must agree, also across a preemption of one process.
 """
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
 
-from sora_jax.training import metrics
+from sora_jax.training import checkpoint, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 3
+STEPS = 10  # long enough that a SIGTERM at step 2 lands well before the end
 TINY = [
     "--config.data.num_train=16", "--config.data.num_val=8", "--config.data.batch_size=8",
     "--config.data.buckets=9x16x16",
     "--config.vae.base_dim=8", "--config.vae.z_dim=4", "--config.vae_train.batch_size=4",
     "--config.dit.dim=32", "--config.dit.ffn_dim=64", "--config.dit.num_heads=2",
     "--config.dit.num_layers=2", "--config.text.max_length=8",
-    "--config.train.log_every=1", f"--config.train.checkpoint_every={STEPS}",
+    "--config.train.log_every=1",
     "--config.train.tensorboard=False",
 ]
 
@@ -79,23 +81,67 @@ def _losses(workdir):
   return [(r["step"], r["loss"]) for r in rows if r.get("mode") == "train" and "loss" in r]
 
 
-def test_two_processes_train_like_one(encoded, tmp_path):
+def _start_two(workdir, *args):
+  coordinator = f"127.0.0.1:{_free_port()}"
+  return [subprocess.Popen(
+      _command(workdir, *args), cwd=ROOT,
+      # No persistent compile cache: a hit in one process and a compile in the other
+      # can part them by more than the 30 s in which gloo's collectives must meet.
+      env=_env(4, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
+               JAX_PROCESS_ID=str(i), JAX_ENABLE_COMPILATION_CACHE="false"),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+def _finish(procs, outputs=None):
+  outputs = outputs or [None, None]
+  for i, p in enumerate(procs):
+    out = p.communicate(timeout=900)[0]
+    outputs[i] = (outputs[i] or "") + (out or "")
+    assert p.returncode == 0, f"process {i} failed:\n{outputs[i][-4000:]}"
+  return outputs
+
+
+def _sigterm_one_after(procs, step):
+  """Sends SIGTERM to process 1 only, once process 0 logged `step`; returns the outputs."""
+  lines, sent = [], threading.Event()
+
+  def watch():
+    for line in procs[0].stdout:
+      lines.append(line)
+      if not sent.is_set() and f"step {step}/" in line:
+        procs[1].send_signal(signal.SIGTERM)
+        sent.set()
+
+  reader = threading.Thread(target=watch, daemon=True)
+  reader.start()
+  out1 = procs[1].communicate(timeout=900)[0]
+  procs[0].wait(timeout=900)
+  reader.join(timeout=60)
+  assert sent.is_set(), "".join(lines)[-3000:]
+  for i, (p, out) in enumerate(zip(procs, ("".join(lines), out1))):
+    assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+  return ["".join(lines), out1]
+
+
+def test_two_processes_train_like_one_and_stop_together(encoded, tmp_path):
+  """2 processes x 4 devices train exactly like 1 x 8; SIGTERM to ONE process makes both
+  save the same step and exit; the resumed run reproduces the uninterrupted losses."""
+  steps = [f"--config.train.num_steps={STEPS}", f"--config.train.checkpoint_every={STEPS}"]
   one, data = _train_dir(encoded, tmp_path, "one_process")
-  _sora(one, "--mode=train", f"--config.train.num_steps={STEPS}", data, devices=8)
+  _sora(one, "--mode=train", data, *steps, devices=8)
 
   two, data = _train_dir(encoded, tmp_path, "two_processes")
-  coordinator = f"127.0.0.1:{_free_port()}"
-  procs = [subprocess.Popen(
-      _command(two, "--mode=train", f"--config.train.num_steps={STEPS}", data), cwd=ROOT,
-      env=_env(4, JAX_COORDINATOR_ADDRESS=coordinator, JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i)),
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=900)[0] for p in procs]
-  for i, (p, out) in enumerate(zip(procs, outputs)):
-    assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
+  outputs = _sigterm_one_after(_start_two(two, "--mode=train", data, *steps), step=2)
   # Really one 8-device job: the processes connected their collectives to each other.
   assert any("connected to 7 peer ranks" in out for out in outputs), outputs[0][-2000:]
+  ckpt = os.path.join(two, "checkpoints")
+  saved = checkpoint.all_steps(ckpt)
+  assert len(saved) == 1 and 2 <= saved[0] < STEPS, (saved, outputs[0][-2000:])
+  # Both processes wrote their shards of that one step (orbax commits it only then).
+  assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(
+      os.listdir(os.path.join(ckpt, str(saved[0]), "state")))
 
+  _finish(_start_two(two, "--mode=train", data, *steps))
   ref, got = _losses(one), _losses(two)
   assert [s for s, _ in ref] == list(range(1, STEPS + 1)) == [s for s, _ in got]
   np.testing.assert_allclose([l for _, l in got], [l for _, l in ref], rtol=1e-5)

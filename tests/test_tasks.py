@@ -12,6 +12,7 @@ from sora_jax.diffusion import toy
 from sora_jax.sampling import tasks
 
 B, HWC = 2, (2, 2, 3)
+KEYS = jax.random.split(jax.random.key(0), B)  # one per sample
 STEPS = 8
 # Still videos: given any clean frame, the right answer is that frame everywhere.
 MODEL = toy.static_video_denoiser(std=1.0)
@@ -125,8 +126,8 @@ def test_long_video_by_windowed_extension(total):
   window, overlap = 5, 2
   win = _Window()
   first = tasks.i2v(_latents(1, 8), window)
-  chunks = list(tasks.iter_long(win, jax.random.key(0), total, first, overlap))
-  out = tasks.sample_long(win, jax.random.key(0), total, first, overlap)
+  chunks = list(tasks.iter_long(win, KEYS, total, first, overlap))
+  out = tasks.sample_long(win, KEYS, total, first, overlap)
   assert out.shape == (B, total, *HWC)
   calls = win.calls[:len(chunks)]
   assert len(chunks) == 1 + math.ceil(max(0, total - window) / (window - overlap))
@@ -143,10 +144,20 @@ def test_long_video_by_windowed_extension(total):
   np.testing.assert_allclose(out, np.broadcast_to(out[:, :1], out.shape), atol=1e-4)
 
 
+def test_long_sample_depends_only_on_its_own_key():
+  """Sample i of a batch is the sample its key gives alone (sample.seed + i, for `long` too)."""
+  two = tasks.sample_long(_Window(), KEYS, 8, tasks.t2v(B, 5, HWC), 2)
+  one = tasks.sample_long(_Window(), KEYS[1:], 8, tasks.t2v(1, 5, HWC), 2)
+  np.testing.assert_allclose(two[1:], one, atol=1e-6)
+  assert not np.allclose(two[0], two[1], atol=1e-3)
+  with pytest.raises(ValueError, match="one key per sample"):
+    tasks.sample_long(_Window(), KEYS[:1], 8, tasks.t2v(B, 5, HWC), 2)
+
+
 def test_long_context_fn_decides_the_context():
   win = _Window()
   first = tasks.t2v(B, 4, HWC)
-  out = tasks.sample_long(win, jax.random.key(1), 7, first, overlap=1,
+  out = tasks.sample_long(win, KEYS, 7, first, overlap=1,
                           context_fn=lambda z: z[:, -2:] * 0 + 1.0)
   assert out.shape == (B, 7, *HWC)
   np.testing.assert_array_equal(win.calls[1][1][:, :2], np.ones((B, 2, *HWC)))

@@ -1,5 +1,7 @@
 """Video files written by sora_jax read back as the clips they came from; bad files fail clearly."""
+import av
 import numpy as np
+from PIL import Image, ImageSequence
 import pytest
 
 from sora_jax.data import video_io
@@ -23,6 +25,24 @@ def test_mp4_round_trip_keeps_shape_and_fps(tmp_path, shape):
   assert fps == pytest.approx(8.0, abs=0.01)
   # H.264 at crf 18 is lossy; flat colours come back within a few levels on average.
   assert np.abs(out.astype(int) - v).mean() < 6
+
+
+def test_written_files_decode_with_pyav_and_pillow(tmp_path):
+  """Other readers see what we wrote: H.264/yuv420p at the fps for mp4, exact GIF frames."""
+  v = _clip(9, 32, 48)
+  mp4 = video_io.write_mp4(str(tmp_path / "a.mp4"), v, fps=8)
+  with av.open(mp4) as container:
+    stream = container.streams.video[0]
+    assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+    assert stream.average_rate == 8
+    frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
+  assert frames.shape == v.shape and np.abs(frames.astype(int) - v).mean() < 6
+  gif = video_io.write_gif(str(tmp_path / "a.gif"), v, fps=8)
+  with Image.open(gif) as im:
+    durations = [f.info["duration"] for f in ImageSequence.Iterator(im)]
+    frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)])
+  np.testing.assert_array_equal(frames, v)
+  assert sum(durations) == pytest.approx(1000 * len(v) / 8, abs=10)
 
 
 def test_gif_round_trip_is_exact_for_few_colours(tmp_path):

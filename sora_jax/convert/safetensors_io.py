@@ -1,10 +1,13 @@
 """Read (and write) safetensors files with numpy, without torch, bfloat16 and float8 included.
 
-`safetensors.numpy` refuses bfloat16 (numpy has no such dtype), and the public Wan / umT5
-checkpoints are bfloat16; this reader parses the documented format (8-byte little-endian
-header length, JSON header, raw little-endian data) and memory-maps the tensors with
-`ml_dtypes` types, so a 20 GB checkpoint costs no memory until a tensor is used.
-`write_file` streams tensors out one at a time (exported fine-tuned checkpoints).
+The reader parses the documented format (8-byte little-endian header length, JSON header,
+raw little-endian data) and memory-maps every tensor as a numpy array with `ml_dtypes`
+types, so a 20 GB checkpoint costs no memory until a tensor is used and each host reads
+only the slices of its shards with plain numpy indexing. (`safetensors.numpy.load_file`
+reads bfloat16 too, but whole files into memory; `safe_open(..., framework="np")` reads
+lazily through its own slice objects, not arrays.) `write_file` streams tensors out one at
+a time (exported fine-tuned checkpoints); tests/test_safetensors_io.py checks both against
+the safetensors library.
 """
 import glob
 import json

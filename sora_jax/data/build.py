@@ -15,6 +15,7 @@ from absl import logging
 import tensorflow_datasets as tfds
 
 from sora_jax import paths
+from sora_jax.config_check import missing_step
 from sora_jax.data import tfds_folder
 from sora_jax.data import tfds_shapes
 
@@ -58,9 +59,7 @@ def source_builder(cfg, data_dir: str) -> tfds.core.DatasetBuilder:
   if not builder.is_prepared() and cfg.data.name == "video_folder":
     builder = _older_folder_build(builder) or builder
   if not builder.is_prepared():
-    raise FileNotFoundError(
-        f"no built {cfg.data.name} data set at {builder.data_dir}; build it with the same "
-        "config: python -m sora_jax --config=... --workdir=... --mode=data")
+    raise missing_step(f"no built {cfg.data.name} data set at {builder.data_dir}", "data")
   return builder
 
 
@@ -103,7 +102,10 @@ def run(cfg, workdir: str) -> None:
     print(f"[data] {builder.data_dir} is already built; reusing it", flush=True)
   else:
     logging.info("building %s at %s", cfg.data.name, builder.data_dir)
-    builder.download_and_prepare()
+    # array_record writes local files only: a bucket's data set is built locally, then copied.
+    with paths.local_dir(data_dir) as local:
+      make_builder(cfg, local).download_and_prepare()
+    builder = make_builder(cfg, data_dir)
   seconds = time.time() - t0
   counts = summary(builder)
   for split, per in counts.items():

@@ -12,9 +12,8 @@ files written atomically; a rerun skips the chunks already there, and the final
 array_record data set is assembled from the staged chunks in the source's record order
 (bucket-major, as the source). Process p encodes chunks i ≡ p (mod process_count).
 """
+import io
 import json
-import os
-import shutil
 import time
 
 import jax
@@ -22,8 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
+from etils import epath
 
 from sora_jax import paths
+from sora_jax.config_check import missing_step
 from sora_jax.data import build as build_lib
 from sora_jax.data import tfds_shapes
 from sora_jax.models import text_encoder as text_lib
@@ -82,8 +83,7 @@ class EncodedLatents(tfds_shapes.ArrayRecordBuilder):
     runs = self._meta["bucket_runs"][split]
     def generate():
       for c, (lo, _) in enumerate(chunks(runs)):
-        with np.load(_chunk_path(self._stage_dir, split, c)) as z:
-          rows = {k: z[k] for k in z.files}
+        rows = _load_npz(_chunk_path(self._stage_dir, split, c))
         for j in range(len(rows["prompt"])):
           yield lo + j, {k: (str(v[j]) if v.dtype.kind == "U" else v[j])
                          for k, v in rows.items()}
@@ -100,29 +100,34 @@ def chunks(bucket_runs: list) -> list[tuple[int, int]]:
   return out
 
 
-def _chunk_path(stage_dir: str, split: str, c: int) -> str:
-  return os.path.join(stage_dir, split, f"{c:06d}.npz")
+def _chunk_path(stage_dir: str, split: str, c: int) -> epath.Path:
+  return paths.path(stage_dir) / split / f"{c:06d}.npz"
+
+
+def _load_npz(path) -> dict[str, np.ndarray]:
+  """Every array of an .npz (local or in a bucket)."""
+  with np.load(io.BytesIO(paths.path(path).read_bytes())) as z:
+    return {k: z[k] for k in z.files}
 
 
 def _builder(cfg, workdir: str, info: dict | None = None) -> EncodedLatents:
   info = info or read_info(cfg, workdir)
   root = paths.latents_dir(cfg, workdir)
-  return EncodedLatents(stage_dir=os.path.join(root, "staging"), info=info,
-                        data_dir=os.path.join(root, "tfds"))
+  return EncodedLatents(stage_dir=paths.join(root, "staging"), info=info,
+                        data_dir=paths.join(root, "tfds"))
 
 
 def read_info(cfg, workdir: str) -> dict:
-  path = os.path.join(paths.latents_dir(cfg, workdir), INFO)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
-  with open(path) as f:
-    return json.load(f)
+  path = paths.path(paths.latents_dir(cfg, workdir)) / INFO
+  if not path.exists():
+    raise missing_step(f"no encoded data set ({path} is missing)", "encode")
+  return json.loads(path.read_text())
 
 
 def null_text(cfg, workdir: str) -> tuple[np.ndarray, np.ndarray]:
   """(emb_LD float32, mask_L bool): the text encoder's encoding of the empty prompt."""
-  with np.load(os.path.join(paths.latents_dir(cfg, workdir), NULL_TEXT)) as z:
-    return z["emb"].astype(np.float32), z["mask"].astype(bool)
+  z = _load_npz(paths.join(paths.latents_dir(cfg, workdir), NULL_TEXT))
+  return z["emb"].astype(np.float32), z["mask"].astype(bool)
 
 
 def data_source(cfg, workdir: str, split: str):
@@ -136,6 +141,33 @@ def make_latent_iterator(cfg, workdir: str, split: str = "train", **kw):
   from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   source, metadata = data_source(cfg, workdir, split)
   return pipeline.make_source_iterator(cfg, source, metadata, split=split, **kw)
+
+
+EVAL_SEED = 20261206  # Order of the fixed evaluation batches: the same for every run.
+
+
+def fixed_batches(cfg, workdir: str, split: str, num_batches: int) -> list[dict]:
+  """The first `num_batches` batches (this process's rows) of `split` in one fixed order.
+
+  The order depends on neither `seed` nor `data.shuffle_seed` nor `data.bucket_weights`,
+  so runs with different recipes evaluate on the same records. Training batches come from
+  the records the run trains on (data.train_records). Fewer batches when the split has
+  fewer records.
+  """
+  from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  source, metadata = data_source(cfg, workdir, split)
+  _, ids_R = pipeline.bucket_index(metadata, split)
+  if split == "train":
+    ids_R = pipeline.first_records(ids_R, cfg.data.train_records)
+  it = pipeline.make_loader(source, ids_R, batch_size=cfg.data.batch_size, seed=EVAL_SEED,
+                            process_index=jax.process_index(),
+                            process_count=jax.process_count(), repeat=False, prefetch=0)
+  out = []
+  for batch in it:
+    out.append(batch)
+    if len(out) == num_batches:
+      break
+  return out
 
 
 def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
@@ -160,11 +192,14 @@ def _text(x) -> str:
   return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _atomic_savez(path: str, arrays: dict) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **arrays)
-  os.replace(tmp, path)
+def _atomic_savez(path: epath.Path, arrays: dict) -> None:
+  """Writes under a temporary name, then renames: a chunk that exists is complete."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / (path.name + ".tmp.npz")
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  tmp.write_bytes(buf.getvalue())
+  tmp.rename(path)
 
 
 def latent_statistics(stage_dir: str, num_chunks: int) -> dict:
@@ -172,8 +207,8 @@ def latent_statistics(stage_dir: str, num_chunks: int) -> dict:
   s1 = s2 = None
   count = 0
   for c in range(num_chunks):
-    with np.load(_chunk_path(stage_dir, "train", c)) as z:
-      m, s = z["latent_mean"].astype(np.float64), z["latent_std"].astype(np.float64)
+    z = _load_npz(_chunk_path(stage_dir, "train", c))
+    m, s = z["latent_mean"].astype(np.float64), z["latent_std"].astype(np.float64)
     axes = tuple(range(m.ndim - 1))
     e1, e2 = m.sum(axes), (m ** 2 + s ** 2).sum(axes)
     s1 = e1 if s1 is None else s1 + e1
@@ -190,9 +225,9 @@ def truncation(stage_dir: str, runs: dict, text) -> dict:
   for split, split_runs in runs.items():
     texts = {"caption": [], "prompt": []}
     for c in range(len(chunks(split_runs))):
-      with np.load(_chunk_path(stage_dir, split, c)) as z:
-        for field, got in texts.items():
-          got.extend(str(t) for t in z[field])
+      z = _load_npz(_chunk_path(stage_dir, split, c))
+      for field, got in texts.items():
+        got.extend(str(t) for t in z[field])
     out[split] = {field: text.truncation_report(got, f"{split} {field}s")
                   for field, got in texts.items()}
   return out
@@ -200,10 +235,10 @@ def truncation(stage_dir: str, runs: dict, text) -> dict:
 
 def run(cfg, workdir: str) -> None:
   t0 = time.time()
-  root = paths.latents_dir(cfg, workdir)
-  stage = os.path.join(root, "staging")
-  builder_dir = os.path.join(root, "tfds")
-  if os.path.exists(os.path.join(root, INFO)) and os.path.isdir(builder_dir):
+  root = paths.path(paths.latents_dir(cfg, workdir))
+  stage = root / "staging"
+  builder_dir = root / "tfds"
+  if (root / INFO).exists() and builder_dir.is_dir():
     info = read_info(cfg, workdir)
     if info.get("complete"):
       print(f"[encode] {root} is complete; delete it to re-encode", flush=True)
@@ -222,13 +257,14 @@ def run(cfg, workdir: str) -> None:
              for i in range(x.shape[0])]
       return tuple(jnp.concatenate(parts) for parts in zip(*enc))
   else:
-    params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True)
+    params, vae_step = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema=True,
+                                              written_by="train_vae")
     vae_apply = jax.jit(lambda x: vae.apply({"params": params}, x, method=vae.encode))
     text = text_lib.load_text_encoder(cfg)
   null_emb, null_mask = text([""])
-  os.makedirs(root, exist_ok=True)
-  null_path = os.path.join(root, NULL_TEXT)
-  np.savez(null_path, emb=np.asarray(null_emb[0]), mask=np.asarray(null_mask[0]))
+  root.mkdir(parents=True, exist_ok=True)
+  _atomic_savez(root / NULL_TEXT, {"emb": np.asarray(null_emb[0]),
+                                   "mask": np.asarray(null_mask[0])})
 
   pid, nproc = jax.process_index(), jax.process_count()
   runs = meta[tfds_shapes.BUCKET_RUNS]
@@ -241,7 +277,7 @@ def run(cfg, workdir: str) -> None:
     split_chunks = chunks(runs[split])
     for c, (lo, hi) in enumerate(split_chunks):
       path = _chunk_path(stage, split, c)
-      if c % nproc != pid or os.path.exists(path):
+      if c % nproc != pid or path.exists():
         continue
       _atomic_savez(path, _encode_chunk(vae_apply, text, [src[i] for i in range(lo, hi)]))
       print(f"[encode] {split} chunk {c + 1}/{len(split_chunks)} ({time.time() - t0:.0f}s)",
@@ -263,18 +299,16 @@ def run(cfg, workdir: str) -> None:
           "text_dim": int(null_emb.shape[2]), "latent_shapes": latent_shapes,
           "bucket_runs": runs, "num_records": num_records,
           "text_encoder": cfg.text.encoder, "truncated": truncated}
-  with open(os.path.join(root, INFO), "w") as f:
-    json.dump(info, f)
+  (root / INFO).write_text(json.dumps(info))
   stats = latent_statistics(stage, len(chunks(runs["train"])))
-  with open(paths.latent_stats(workdir), "w") as f:
-    json.dump(stats, f)
-  if os.path.isdir(builder_dir):
-    shutil.rmtree(builder_dir)
-  _builder(cfg, workdir, info).download_and_prepare()
+  paths.path(paths.latent_stats(workdir)).write_text(json.dumps(stats))
+  if builder_dir.is_dir():
+    builder_dir.rmtree()
+  with paths.local_dir(builder_dir) as local:  # array_record writes local files only
+    EncodedLatents(stage_dir=str(stage), info=info, data_dir=local).download_and_prepare()
   info["complete"] = True
-  with open(os.path.join(root, INFO), "w") as f:
-    json.dump(info, f)
-  shutil.rmtree(stage)
+  (root / INFO).write_text(json.dumps(info))
+  stage.rmtree()
   logging.info("encode done")
   print(f"[encode] wrote {sum(num_records.values())} records to {builder_dir} in "
         f"{time.time() - t0:.0f}s; latent std per channel "

@@ -314,6 +314,22 @@ def _select_buckets(all_buckets, ids_R, buckets) -> np.ndarray:
   return np.where(np.isin(ids_R, keep), ids_R, -1)
 
 
+def first_records(ids_R: np.ndarray, n: int) -> np.ndarray:
+  """ids_R with only the first records of each bucket kept (the rest set to -1): `n` in
+  all, shared over the buckets in proportion to their sizes. n = 0 keeps every record."""
+  total = int((ids_R >= 0).sum())
+  if n <= 0 or n >= total:
+    return ids_R
+  buckets = [int(k) for k in np.unique(ids_R) if k >= 0]
+  quota = {k: int(n * (ids_R == k).sum() // total) for k in buckets}
+  quota[max(buckets, key=lambda k: (ids_R == k).sum())] += n - sum(quota.values())
+  out = np.full_like(ids_R, -1)
+  for k in buckets:
+    idx = np.flatnonzero(ids_R == k)[:quota[k]]
+    out[idx] = k
+  return out
+
+
 def make_source_iterator(cfg, source, metadata, split: str = "train",
                          batch_size: int | None = None, process_index: int | None = None,
                          process_count: int | None = None, repeat: bool = True,
@@ -331,6 +347,8 @@ def make_source_iterator(cfg, source, metadata, split: str = "train",
     raise ValueError(f"the bucket index lists {len(ids_R)} records but the {split!r} split "
                      f"has {len(source)}; rebuild the data set")
   ids_R = _select_buckets(all_buckets, ids_R, buckets)
+  if split == "train":
+    ids_R = first_records(ids_R, cfg.data.train_records)
   weights = config_check.parse_bucket_weights(cfg.data.bucket_weights, len(all_buckets))
   return make_loader(source, ids_R, batch_size=batch_size or cfg.data.batch_size,
                      seed=cfg.data.shuffle_seed, process_index=process_index,

@@ -19,8 +19,8 @@ import numpy as np
 from sora_jax import paths
 from sora_jax.data import encode
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import weights
 from sora_jax.training import checkpoint
-from sora_jax.training.train import load_latent_stats
 
 DEFAULT_TS = (0.3, 0.6, 0.8, 0.9, 0.95, 0.99, 1.0)
 
@@ -39,7 +39,7 @@ def validation_batch(cfg, workdir: str, num_clips: int, field: str = "prompt") -
   if len(recs) < 2:
     raise ValueError(f"the encoded validation split of {workdir} has {len(recs)} video clips; "
                      "caption reliance needs at least 2 (to give each another's caption)")
-  mu, sigma = load_latent_stats(workdir)
+  mu, sigma = weights.load_latent_stats(workdir)
   return {"x0": (np.stack([r["latent_mean"] for r in recs]) - mu) / sigma,
           "emb": np.stack([r[f"{field}_emb"] for r in recs]).astype(np.float32),
           "mask": np.stack([r[f"{field}_mask"] for r in recs]).astype(bool),

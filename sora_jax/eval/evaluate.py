@@ -10,9 +10,9 @@
   each over ground-truth validation clips.
 """
 import json
-import os
 import time
 
+import jax
 import numpy as np
 
 from sora_jax import paths
@@ -88,13 +88,13 @@ def adherence_figures(pipe: VideoPipeline, examples: list[dict], cfg) -> dict:
 def run(cfg, workdir: str) -> None:
   t0 = time.time()
   e = cfg.eval
-  result = {"workdir": os.path.abspath(workdir)}
+  result = {"workdir": str(paths.path(workdir))}
   vae, vae_params = train_vae.load_vae(cfg, workdir)
   clips = [x["video"] for x in build_lib.validation_examples(cfg, workdir, e.num_vae_clips)]
   result["vae"] = {**train_vae.reconstruction_metrics(vae, vae_params, clips), "n": len(clips)}
   print(f"[eval] VAE PSNR {result['vae']['psnr']:.2f} dB SSIM {result['vae']['ssim']:.4f}",
         flush=True)
-  if cfg.weights or os.path.isdir(paths.dit_checkpoints(workdir)):
+  if cfg.weights or paths.path(paths.dit_checkpoints(workdir)).is_dir():
     pipe = VideoPipeline(cfg, workdir, use_ema=cfg.sample.use_ema, vae_params=vae_params)
     result["dit_step"] = int(pipe.step)
     frames = max(b[0] for b in parse_buckets(cfg.data.buckets))
@@ -107,7 +107,7 @@ def run(cfg, workdir: str) -> None:
     result["tasks"] = task_figures(pipe, examples, cfg, batch=min(8, len(examples)))
     print(f"[eval] tasks {result['tasks']}", flush=True)
   result["eval_seconds"] = time.time() - t0
-  path = os.path.join(workdir, "eval.json")
-  with open(path, "w") as f:
-    json.dump(result, f, indent=1)
+  path = paths.path(workdir) / "eval.json"
+  if jax.process_index() == 0:
+    path.write_text(json.dumps(result, indent=1))
   print(f"[eval] wrote {path}", flush=True)

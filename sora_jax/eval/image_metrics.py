@@ -21,14 +21,16 @@ def _blur(x_NHW: np.ndarray, g: np.ndarray) -> np.ndarray:
   return sum(g[i] * h[:, :, i:h.shape[2] - k + 1 + i] for i in range(k))
 
 
-def ssim(a_THWC: np.ndarray, b_THWC: np.ndarray) -> float:
-  """Mean SSIM (Gaussian 7x7, sigma 1.5) over frames and channels, 0..255 range.
+def ssim(a_THWC: np.ndarray, b_THWC: np.ndarray, window: int = 7) -> float:
+  """Mean SSIM (Gaussian window, sigma 1.5) over frames and channels, 0..255 range.
 
-  A 7-pixel window (rather than the usual 11) because the demo frames are 32x32.
+  A 7-pixel window (rather than the usual 11 of Wang et al.) because the demo frames are
+  32x32; with window=11 this is scikit-image's `structural_similarity(gaussian_weights=True,
+  use_sample_covariance=False)` (tests/test_image_metrics.py).
   """
   a = np.moveaxis(a_THWC.astype(np.float64), -1, 1).reshape(-1, *a_THWC.shape[1:3])
   b = np.moveaxis(b_THWC.astype(np.float64), -1, 1).reshape(-1, *b_THWC.shape[1:3])
-  g = _gaussian_window()
+  g = _gaussian_window(window)
   c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
   mu_a, mu_b = _blur(a, g), _blur(b, g)
   var_a = _blur(a * a, g) - mu_a ** 2

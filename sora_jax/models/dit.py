@@ -43,12 +43,14 @@ angles, the time MLP and attention softmax in float32 (as Wan keeps them). Outpu
 import math
 from typing import Any
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.models.attention import attend
+from sora_jax.models.norms import RMSNorm
 
 _REMAT_POLICIES = {
     "full": None,  # Save nothing inside a block: recompute all of it in the backward pass.
@@ -141,21 +143,6 @@ def apply_rope(x_BLHD, cos_LK, sin_LK):
   x1, x2 = x[..., 0], x[..., 1]
   out = jnp.stack([x1 * c - x2 * s, x1 * s + x2 * c], axis=-1)
   return out.reshape(b, l, h, d).astype(x_BLHD.dtype)
-
-
-class RMSNorm(nn.Module):
-  """RMS norm over the last axis (all heads at once, Wan's 'rms_norm_across_heads'), f32."""
-  eps: float
-  param_dtype: Any
-  axis_name: str = "heads"
-
-  @nn.compact
-  def __call__(self, x):
-    w = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
-                   (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), -1, keepdims=True) + self.eps)
-    return (y * w.astype(jnp.float32)).astype(x.dtype)
 
 
 class _DenseParams(nn.Module):
@@ -334,6 +321,42 @@ class ConditionEmbedder(nn.Module):
     return temb_BFD, mod_BF6D, text
 
 
+class TextRefiner(nn.Module):
+  """Trainable pre-norm transformer blocks over the projected text tokens (masked self-
+  attention + MLP), as HunyuanVideo refines its text states before the DiT: the frozen
+  encoder's tokens are refined for this model's cross-attention, e.g. to tie each object's
+  words together. Residual gates start at 0, so a new refiner starts as the identity and
+  can be added to a trained DiT (train.init_from) without changing its outputs."""
+  dim: int
+  ffn_dim: int
+  num_heads: int
+  num_layers: int
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, text_BSD, text_mask_BS):
+    act = ("batch", "text_tokens", "embed")
+    norm = lambda name: nn.LayerNorm(
+        epsilon=self.eps, dtype=jnp.float32, param_dtype=self.param_dtype, name=name,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
+    gate = lambda name: self.param(
+        name, nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.dim,),
+        self.param_dtype).astype(jnp.float32)
+    x = text_BSD.astype(jnp.float32)
+    for i in range(self.num_layers):
+      h = norm(f"norm1_{i}")(x).astype(self.dtype)
+      h = Attention(self.dim, self.num_heads, True, self.eps, "xla", self.dtype,
+                    self.param_dtype, name=f"attn_{i}")(h, h, text_mask_BS)
+      x = nn.with_logical_constraint(x + gate(f"gate_attn_{i}") * h.astype(jnp.float32), act)
+      h = norm(f"norm2_{i}")(x).astype(self.dtype)
+      h = FeedForward(self.dim, self.ffn_dim, self.dtype, self.param_dtype, name=f"ffn_{i}")(h)
+      x = nn.with_logical_constraint(x + gate(f"gate_ffn_{i}") * h.astype(jnp.float32), act)
+    return x.astype(text_BSD.dtype)
+
+
 class WanDiT(nn.Module):
   """Wan 2.1-style DiT with per-frame timesteps (see the module docstring)."""
   in_channels: int
@@ -356,6 +379,7 @@ class WanDiT(nn.Module):
   attention: str = "xla"
   attention_block: int = 512
   pooled_text: bool = False  # Pooled caption into the adaLN conditioning (not in Wan 2.1).
+  text_refiner_layers: int = 0  # TextRefiner blocks over the text tokens (not in Wan 2.1).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -388,9 +412,9 @@ class WanDiT(nn.Module):
       text_mask_BL = jnp.ones(text_BLD.shape[:2], bool)
     c_out = self.out_channels or self.in_channels
 
-    # Patchify: (B, F, pt, Gh, ph, Gw, pw, C) -> tokens (B, F*Gh*Gw, pt*ph*pw*C), frame-major.
-    p = x_BTHWC.reshape(b, f, pt, gh, ph, gw, pw, c).transpose(0, 1, 3, 5, 2, 4, 6, 7)
-    p = p.reshape(b, f * gh * gw, pt * ph * pw * c).astype(self.dtype)
+    # Patchify: tokens frame-major, each the (pt, ph, pw, C) block of its patch.
+    p = einops.rearrange(x_BTHWC, "b (f pt) (gh ph) (gw pw) c -> b (f gh gw) (pt ph pw c)",
+                         pt=pt, ph=ph, pw=pw).astype(self.dtype)
     x = _dense(self.dim, ("channels", "embed"), self.dtype, self.param_dtype,
                "patch_embedding")(p)
     x = nn.with_logical_constraint(x, ("batch", "tokens", "embed"))
@@ -398,6 +422,10 @@ class WanDiT(nn.Module):
     temb_BFD, mod_BF6D, text = ConditionEmbedder(
         self.dim, self.freq_dim, self.dtype, self.param_dtype, self.pooled_text,
         name="condition_embedder")(t_BF, text_BLD.astype(self.dtype), text_mask_BL)
+    if self.text_refiner_layers:
+      text = TextRefiner(self.dim, self.ffn_dim, self.num_heads, self.text_refiner_layers,
+                         self.eps, self.dtype, self.param_dtype, name="text_refiner")(
+                             text, text_mask_BL)
     text = nn.with_logical_constraint(text, ("batch", "text_tokens", "embed"))
     cos, sin = rope_tables(f, gh, gw, self.dim // self.num_heads, self.rope_theta)
 
@@ -435,8 +463,9 @@ class WanDiT(nn.Module):
     # Zero-initialised head (Wan): the untrained network predicts 0.
     out = _dense(pt * ph * pw * c_out, ("embed", "channels"), self.dtype, self.param_dtype,
                  "proj_out", nn.initializers.zeros)(h)
-    out = out.astype(jnp.float32).reshape(b, f, gh, gw, pt, ph, pw, c_out)
-    return out.transpose(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, tt, hh, ww, c_out)
+    return einops.rearrange(out.astype(jnp.float32),
+                            "b (f gh gw) (pt ph pw c) -> b (f pt) (gh ph) (gw pw) c",
+                            f=f, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw)
 
 
 def dit_from_config(cfg) -> WanDiT:
@@ -448,8 +477,8 @@ def dit_from_config(cfg) -> WanDiT:
       freq_dim=d.freq_dim, qk_norm=d.qk_norm, cross_attn_norm=d.cross_attn_norm, eps=d.eps,
       dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
       scan_unroll=d.scan_unroll, remat_policy=d.remat_policy, attention=d.attention,
-      attention_block=d.attention_block,
-      pooled_text=bool(d.pooled_text), dtype=jnp.dtype(d.dtype),
+      attention_block=d.attention_block, pooled_text=bool(d.pooled_text),
+      text_refiner_layers=d.text_refiner_layers, dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 
@@ -494,5 +523,7 @@ def count_flops(cfg, frames, height, width, text_len) -> int:
                + 2 * l * dim * dim + 2 * s * dim * dim + 2 * l * s * dim  # Cross-attn.
                + 2 * l * dim * ffn)  # MLP.
   macs += d.num_layers * per_layer
+  # Text refiner: q,k,v,o, QK^T and PV over the text tokens, and its MLP.
+  macs += d.text_refiner_layers * (4 * s * dim * dim + 2 * s * s * dim + 2 * s * dim * ffn)
   macs += l * dim * patch  # Head.
   return 2 * macs

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.models.norms import RMSNorm
+
 _ACTS = {
     "relu": jax.nn.relu,
     "gelu": lambda x: jax.nn.gelu(x, approximate=False),
@@ -88,19 +90,6 @@ def relative_position_bucket(q_len: int, k_len: int, num_buckets: int,
   return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
-class _RMSNorm(nn.Module):
-  """T5 LayerNorm: scale only, no mean subtraction, statistics in float32."""
-  eps: float
-  param_dtype: jnp.dtype
-
-  @nn.compact
-  def __call__(self, x):
-    w = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
-    x32 = x.astype(jnp.float32)
-    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, -1, keepdims=True) + self.eps)
-    return (y * w.astype(jnp.float32)).astype(x.dtype)
-
-
 class _T5Layer(nn.Module):
   cfg: T5Config
   dtype: jnp.dtype
@@ -111,7 +100,7 @@ class _T5Layer(nn.Module):
     b, l, _ = h_BLD.shape
     dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=self.dtype,
                                      param_dtype=self.dtype, name=name)
-    x = _RMSNorm(c.eps, self.dtype, name="attn_norm")(h_BLD)
+    x = RMSNorm(c.eps, self.dtype, None, name="attn_norm")(h_BLD)
     q, k, v = (dense(c.num_heads * c.d_kv, n)(x).reshape(b, l, c.num_heads, c.d_kv)
                for n in ("q", "k", "v"))
     # T5 does not scale logits by 1/sqrt(d): its bias and init absorb it, so this attention
@@ -120,7 +109,7 @@ class _T5Layer(nn.Module):
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     a = jnp.einsum("bhls,bshd->blhd", probs, v).reshape(b, l, -1)
     h_BLD = h_BLD + dense(c.d_model, "o")(a)
-    x = _RMSNorm(c.eps, self.dtype, name="ffn_norm")(h_BLD)
+    x = RMSNorm(c.eps, self.dtype, None, name="ffn_norm")(h_BLD)
     act = _ACTS[c.act]
     if c.gated:
       f = act(dense(c.d_ff, "wi_0")(x)) * dense(c.d_ff, "wi_1")(x)
@@ -149,7 +138,7 @@ class T5Encoder(nn.Module):
       table = tables[i if c.per_layer_bias else 0].astype(jnp.float32)
       bias_BHLS = jnp.transpose(table[bucket_LS], (2, 0, 1))[None] + key_mask_B11S
       h_BLD = _T5Layer(c, self.dtype, name=f"layers_{i}")(h_BLD, bias_BHLS)
-    return _RMSNorm(c.eps, self.dtype, name="final_norm")(h_BLD)
+    return RMSNorm(c.eps, self.dtype, None, name="final_norm")(h_BLD)
 
 
 def _find_tokenizer(path: str) -> str:

@@ -27,6 +27,7 @@ only; the decoder's only attention is its middle block.
 import functools
 from typing import Callable, Sequence
 
+import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -245,9 +246,7 @@ def _resample_shortcut(x_BTHWC, mode: str, clip_start: bool):
 
 def _frames_from_channels(y_BTHW2C):
   """(B, T, H, W, 2C) -> (B, 2T, H, W, C): the first C channels are the earlier frame."""
-  b, t, h, w, c2 = y_BTHW2C.shape
-  y = y_BTHW2C.reshape(b, t, h, w, 2, c2 // 2).transpose(0, 1, 4, 2, 3, 5)
-  return y.reshape(b, 2 * t, h, w, c2 // 2)
+  return einops.rearrange(y_BTHW2C, "b t h w (two c) -> b (t two) h w c", two=2)
 
 
 class MidBlock(nn.Module):

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax.config_check import ConfigError
+from sora_jax import paths
+from sora_jax.config_check import ConfigError, missing_step
 from sora_jax.convert import wan_dit, wan_vae
 from sora_jax.convert.safetensors_io import read_tensors
 from sora_jax.models import dit as dit_lib
@@ -215,8 +216,16 @@ def latent_stats(cfg, workdir: str) -> tuple[np.ndarray, np.ndarray]:
   stats = config_latent_stats(cfg)
   if stats is not None:
     return stats
-  from sora_jax.training.train import load_latent_stats  # pylint: disable=g-import-not-at-top
   return load_latent_stats(workdir)
+
+
+def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
+  """Per-channel (mean, std) of VAE latents, measured by --mode=encode (float32)."""
+  path = paths.path(paths.latent_stats(workdir))
+  if not path.exists():
+    raise missing_step(f"no latent statistics ({path} is missing)", "encode")
+  s = json.loads(path.read_text())
+  return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 
 def sampling_mesh(cfg):

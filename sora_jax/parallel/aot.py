@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from sora_jax import config_check
+from sora_jax import config_check, paths
 from sora_jax.config_check import ConfigError
 from sora_jax.models import dit as dit_lib
 from sora_jax.parallel import attention_kernels, chips
@@ -500,13 +500,11 @@ def run(cfg, workdir: str) -> None:
             f"{', '.join(f'{k} {v / 1e6:.3f} MB' for k, v in dcn.items()) or 'none'}",
             flush=True)
   for name, r in results.items():  # for reading the collectives and kernels yourself
-    with open(os.path.join(workdir, f"compile_{name}.hlo.txt"), "w") as f:
-      f.write(r.hlo)
+    (paths.path(workdir) / f"compile_{name}.hlo.txt").write_text(r.hlo)
   report = {"topology": c.topology, "chips": len(devices), "mesh": dict(mesh.shape),
             **{k: (results[k].report if k in results else refused[k]) for k in programs}}
-  path = os.path.join(workdir, "compile.json")
-  with open(path, "w") as f:
-    json.dump(report, f, indent=1)
+  path = paths.path(workdir) / "compile.json"
+  path.write_text(json.dumps(report, indent=1))
   if results:
     print(table(results, chip), flush=True)
   print(f"[compile] wrote {path}; the step time is an estimate from chip peaks "

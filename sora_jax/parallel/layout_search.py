@@ -9,8 +9,8 @@ does) and the ones the compiler says fit are printed ordered by the collective b
 their compiled HLO, with the flags that select them. Writes DIR/search.json.
 """
 import json
-import os
 
+from sora_jax import paths
 from sora_jax.config_check import ConfigError
 from sora_jax.parallel import aot, chips, planning
 from sora_jax.parallel import mesh as mesh_lib
@@ -39,8 +39,12 @@ def _mesh_str(mesh: dict) -> str:
   return "(" + ", ".join(str(mesh[a]) for a in AXES) + ")"
 
 
-def search(cfg, devices, chip: chips.Chip, log=print) -> list[dict]:
-  """Planner candidates, the best compiled; returns every compiled candidate's row."""
+def search(cfg, devices, chip: chips.Chip, log=print, save=None) -> list[dict]:
+  """Planner candidates, the best compiled; returns every compiled candidate's row.
+
+  save(rows), if given, is called after each compile (a large search takes hours of CPU:
+  what is done is kept).
+  """
   clip = planning.Clip("train", *aot.train_clip(cfg))
   candidates = planning.candidate_layouts(cfg, clip, len(devices), chip.hbm_bytes,
                                           cfg.data.batch_size)
@@ -59,13 +63,18 @@ def search(cfg, devices, chip: chips.Chip, log=print) -> list[dict]:
     except Exception as e:  # pylint: disable=broad-except
       # A layout the compiler or a kernel refuses is a search result, not the end of it.
       row.update(error=str(e).strip().splitlines()[0][:300] if str(e).strip()
-                 else type(e).__name__)
+                 else type(e).__name__, fits=False)
+      if "RESOURCE_EXHAUSTED" in str(e):  # the compiler's own verdict: it does not fit
+        row["bytes"] = aot.out_of_memory_report(str(e), chip, 0)["bytes_per_chip"]
       log(f"[search] {_mesh_str(layout['mesh'])} remat={layout['remat']} "
           f"{layout['attention']}: failed: {row['error']}")
       rows.append(row)
+      if save:
+        save(rows)
       continue
     r = compiled.report
-    row.update(bytes_per_chip=r["bytes_per_chip"]["total"], fits=r["fits"],
+    row.update(bytes_per_chip=r["bytes_per_chip"]["total"], bytes=r["bytes_per_chip"],
+               fits=r["fits"],
                collective_bytes=compiled.collective_bytes, flops_per_chip=r["flops_per_chip"],
                collectives=r["collectives"], compile_seconds=r["compile_seconds"],
                est_step_seconds=aot.estimate_step_seconds(
@@ -76,6 +85,8 @@ def search(cfg, devices, chip: chips.Chip, log=print) -> list[dict]:
         f"{'fits' if row['fits'] else 'does NOT fit'}, "
         f"{row['collective_bytes'] / 1e9:.2f} GB collectives a step")
     rows.append(row)
+    if save:
+      save(rows)
   return rows
 
 
@@ -104,11 +115,14 @@ def run(cfg, workdir: str) -> None:
                       "adds data parallelism across slices, mesh.dcn_data)")
   print(f"[search] {c.topology}: {len(devices)} x {chip.name}, train step at "
         f"{'x'.join(map(str, aot.train_clip(cfg)))} x batch {cfg.data.batch_size}", flush=True)
-  rows = search(cfg, devices, chip, log=lambda s: print(s, flush=True))
+  path = paths.path(workdir) / "search.json"
+
+  def save(rows):
+    path.write_text(json.dumps({"topology": c.topology, "chips": len(devices),
+                                "compiled": rows}, indent=1))
+
+  rows = search(cfg, devices, chip, log=lambda s: print(s, flush=True), save=save)
   fitting = sorted((r for r in rows if r.get("fits")), key=lambda r: r["collective_bytes"])
-  path = os.path.join(workdir, "search.json")
-  with open(path, "w") as f:
-    json.dump({"topology": c.topology, "chips": len(devices), "compiled": rows}, f, indent=1)
   if not fitting:
     raise ConfigError(f"none of the planner's best {len(rows)} layouts fits {c.topology} when "
                       f"compiled (see {path}); raise compile.search_top or use more chips")

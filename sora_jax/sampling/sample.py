@@ -16,13 +16,14 @@ statistics come from that folder (`sora_jax.models.weights`) instead of the work
 `train.lora_rank > 0` the workdir's newest LoRA adapters are merged into the loaded DiT.
 """
 import json
-import os
 import re
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from sora_jax import paths
 from sora_jax.config_check import ConfigError, sample_jobs
@@ -35,7 +36,6 @@ from sora_jax.models import vae as vae_lib
 from sora_jax.models import weights
 from sora_jax.sampling import tasks
 from sora_jax.training import checkpoint, lora
-from sora_jax.training.train import load_latent_stats
 
 
 class VideoPipeline:
@@ -55,10 +55,12 @@ class VideoPipeline:
           dit_params, self.step = self._with_adapters(base, workdir, use_ema)
     else:
       if vae_params is None:
-        vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
+        vae_params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema,
+                                               written_by="train_vae")
       if dit_params is None:
-        dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema)
-      mu, sigma = load_latent_stats(workdir)
+        dit_params, self.step = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema,
+                                                       written_by="train")
+      mu, sigma = weights.load_latent_stats(workdir)
       self.text = text_lib.load_text_encoder(cfg)
     self.vae_params, self.dit_params = vae_params, dit_params
     self.mu, self.sigma = jnp.asarray(mu), jnp.asarray(sigma)
@@ -196,8 +198,8 @@ class VideoPipeline:
       return self._denoise(self.dit_params, noise, cond_latents, cond_mask, sig, emb, mask,
                            jnp.float32(cfg_scale), solver=solver)
 
-    rng = jax.random.PRNGKey(seeds[0])
-    latents = tasks.sample_long(window_fn, rng, total, tasks.t2v(b, wl, hwc), ol)
+    keys = [jax.random.PRNGKey(s) for s in seeds]  # window 0: the t2v noise of each seed
+    latents = tasks.sample_long(window_fn, keys, total, tasks.t2v(b, wl, hwc), ol)
     return self.decode(jnp.asarray(latents))
 
 
@@ -247,12 +249,23 @@ def load_inputs(s) -> dict:
 
 def read_prompts(s) -> list[str]:
   if s.prompts_file:
-    with open(s.prompts_file, encoding="utf-8") as f:
-      prompts = [line.strip() for line in f if line.strip()]
+    text = paths.path(s.prompts_file).read_text(encoding="utf-8")
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
       raise ConfigError(f"sample.prompts_file={s.prompts_file!r} has no prompts")
     return prompts
   return [s.prompt]
+
+
+def _write_video(writer, out_dir: str, filename: str, video_THWC: np.ndarray, fps) -> str:
+  """PyAV encodes to a local file: in a bucket, encode to a temporary one, then copy it."""
+  target = paths.path(out_dir) / filename
+  if not paths.is_remote(target):
+    return writer(str(target), video_THWC, fps)
+  with tempfile.TemporaryDirectory() as tmp:
+    local = writer(str(epath.Path(tmp) / filename), video_THWC, fps)
+    target.write_bytes(epath.Path(local).read_bytes())
+  return str(target)
 
 
 def write_samples(videos: np.ndarray, prompts, seeds, task, out_dir, fps, gif, start_index=0):
@@ -260,11 +273,11 @@ def write_samples(videos: np.ndarray, prompts, seeds, task, out_dir, fps, gif, s
   rows = []
   for i, (v, p, seed) in enumerate(zip(videos, prompts, seeds)):
     name = f"{start_index + i:03d}_{task}_{_slug(p)}"
-    path = video_io.write_mp4(os.path.join(out_dir, name + ".mp4"), v, fps)
+    path = _write_video(video_io.write_mp4, out_dir, name + ".mp4", v, fps)
     row = {"prompt": p, "task": task, "seed": int(seed), "frames": int(v.shape[0]),
            "height": int(v.shape[1]), "width": int(v.shape[2]), "path": path}
     if gif:
-      row["gif"] = video_io.write_gif(os.path.join(out_dir, name + ".gif"), v, fps)
+      row["gif"] = _write_video(video_io.write_gif, out_dir, name + ".gif", v, fps)
     rows.append(row)
   return rows
 
@@ -278,7 +291,7 @@ def run(cfg, workdir: str) -> None:
     jobs.append((job.sample, read_prompts(job.sample), load_inputs(job.sample)))
   pipe = VideoPipeline(cfg, workdir, use_ema=cfg.sample.use_ema)
   out_dir = paths.samples_dir(cfg, workdir)
-  os.makedirs(out_dir, exist_ok=True)
+  paths.path(out_dir).mkdir(parents=True, exist_ok=True)
   rows = []
   for n, (s, prompts, inputs) in enumerate(jobs, 1):
     job = f"job {n}/{len(jobs)} " if len(jobs) > 1 else ""
@@ -293,11 +306,10 @@ def run(cfg, workdir: str) -> None:
       rows += write_samples(videos, batch, seeds, s.task, out_dir, cfg.data.fps, s.gif, len(rows))
       print(f"[sample] {job}{i + len(batch)}/{len(prompts)} {s.task} samples ({time.time() - t0:.0f}s)",
             flush=True)
-  index = os.path.join(out_dir, "samples.json")
+  index = paths.path(out_dir) / "samples.json"
   existing = []
-  if os.path.exists(index):
-    with open(index) as f:
-      existing = [r for r in json.load(f) if r["path"] not in {x["path"] for x in rows}]
-  with open(index, "w") as f:
-    json.dump(existing + rows, f, indent=1)
+  if index.exists():
+    existing = [r for r in json.loads(index.read_text())
+                if r["path"] not in {x["path"] for x in rows}]
+  index.write_text(json.dumps(existing + rows, indent=1))
   print(f"[sample] wrote {len(rows)} videos and {index}", flush=True)

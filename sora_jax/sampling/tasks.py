@@ -184,9 +184,13 @@ def edit(clip_BTHWC, strength: float) -> Plan:
 WindowFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
 
 
-def iter_long(window_fn: WindowFn, rng, total_latent_frames: int, first: Plan, overlap: int,
+def iter_long(window_fn: WindowFn, keys_B, total_latent_frames: int, first: Plan, overlap: int,
               context_fn: Callable | None = None) -> Iterator[tuple[np.ndarray, slice]]:
   """Videos of any length by windowed extension; yields (window_BWHWC on host, new_frames).
+
+  keys_B: one PRNG key per sample; sample b's noise in window i is drawn from keys_B[b]
+  (window 0, the same noise as a t2v sample of that key) or `fold_in(keys_B[b], i)`, so a
+  sample does not depend on its batch.
 
   Window 1 samples `first` (t2v, i2v, ... of W = first.num_latent_frames latent frames).
   Each next window is `extend(context, W)` with context = `context_fn(previous window)`
@@ -207,9 +211,12 @@ def iter_long(window_fn: WindowFn, rng, total_latent_frames: int, first: Plan, o
     raise ValueError("long videos start from noise; the first window cannot be an edit plan")
   context_fn = context_fn or (lambda z: z[:, -overlap:])
   shape, dtype = first.cond_latents_BTHWC.shape, first.cond_latents_BTHWC.dtype
+  if len(keys_B) != shape[0]:
+    raise ValueError(f"{len(keys_B)} keys for a batch of {shape[0]}: give one key per sample")
   plan, done, index = first, 0, 0
   while done < total_latent_frames:
-    noise = jax.random.normal(jax.random.fold_in(rng, index), shape, dtype)
+    noise = jnp.stack([jax.random.normal(k if index == 0 else jax.random.fold_in(k, index),
+                                         shape[1:], dtype) for k in keys_B])
     window = window_fn(noise, plan.cond_latents_BTHWC, plan.cond_mask_BT)
     begin = 0 if index == 0 else int(plan.cond_mask_BT[0].sum())
     count = min(w - begin, total_latent_frames - done)
@@ -221,9 +228,9 @@ def iter_long(window_fn: WindowFn, rng, total_latent_frames: int, first: Plan, o
       del window  # the context is all that stays on the device
 
 
-def sample_long(window_fn: WindowFn, rng, total_latent_frames: int, first: Plan, overlap: int,
+def sample_long(window_fn: WindowFn, keys_B, total_latent_frames: int, first: Plan, overlap: int,
                 context_fn: Callable | None = None) -> np.ndarray:
   """All of `iter_long` stitched in latent space: (B, total_latent_frames, H, W, C) numpy."""
-  chunks = [z[:, new] for z, new in iter_long(window_fn, rng, total_latent_frames, first,
+  chunks = [z[:, new] for z, new in iter_long(window_fn, keys_B, total_latent_frames, first,
                                               overlap, context_fn)]
   return np.concatenate(chunks, axis=1)

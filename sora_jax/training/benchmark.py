@@ -25,7 +25,6 @@ Writes WORKDIR/benchmark.json and prints a table. The `data` section of the conf
 not used (no data set is needed); `data.batch_size` is replaced by `benchmark.batch_size`.
 """
 import json
-import os
 import platform
 import statistics
 import time
@@ -34,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sora_jax import config_check
+from sora_jax import config_check, paths
 from sora_jax.diffusion import schedules, solvers
 from sora_jax.models import dit as dit_lib
 from sora_jax.parallel import mesh as mesh_lib
@@ -263,8 +262,8 @@ def run(cfg, workdir: str) -> None:
       "sample": _figures(sample, calls * fwd * b.batch_size, tokens * b.batch_size,
                          peaks[str(dtype)], devices),
   }
+  path = paths.path(workdir) / "benchmark.json"
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "benchmark.json"), "w") as f:
-      json.dump(report, f, indent=2)
+    path.write_text(json.dumps(report, indent=2))
   print(_table(report), flush=True)
-  print(f"[benchmark] wrote {os.path.join(workdir, 'benchmark.json')}", flush=True)
+  print(f"[benchmark] wrote {path}", flush=True)

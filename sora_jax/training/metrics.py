@@ -1,13 +1,19 @@
 """Training metrics: a progress line (loss, steps/s, ETA), `metrics.jsonl`, TensorBoard.
 
-Only process 0 writes; every process may call `log`.
+Only process 0 writes; every process may call `log`. In a bucket (`gs://`) there is no
+append (gcsfs silently overwrites), so the rows are kept in memory, with those already
+there, and the whole object is rewritten at each log; TensorBoard events are written to
+a local folder and copied up at each log. Both cost one small upload per logged step.
 """
 import json
-import os
 import sys
+import tempfile
 import time
 
 import jax
+from etils import epath
+
+from sora_jax import paths
 
 
 class MetricsLogger:
@@ -18,7 +24,9 @@ class MetricsLogger:
     self.active = jax.process_index() == 0
     self.total = total_steps
     self.tag = tag
-    self.path = os.path.join(workdir, f"{name}.jsonl")
+    self.path = paths.path(workdir) / f"{name}.jsonl"
+    self._remote = paths.is_remote(self.path)
+    self._rows = None  # remote: every line of the object, rewritten at each log
     self._t0 = time.time()
     self._last_t = self._t0
     self._last_step = start_step
@@ -27,9 +35,17 @@ class MetricsLogger:
     self._rate_from = (self._t0, start_step)
     self._rate_measured = False  # whether _rate_from is the first logged step yet
     self._tb = None
+    self._tb_dir = paths.path(workdir) / "tensorboard" / tag
+    self._tb_local = None  # remote: the local folder the events are written to first
+    if self.active and self._remote:
+      self._rows = self.path.read_text().splitlines() if self.path.exists() else []
     if self.active and tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard", tag))
+      if self._remote:
+        self._tb_local = tempfile.mkdtemp(prefix="sora_jax_tb_")
+      else:
+        self._tb_dir.mkdir(parents=True, exist_ok=True)
+      self._tb = SummaryWriter(self._tb_local or str(self._tb_dir))
 
   def log(self, step: int, metrics: dict) -> dict:
     """Writes `metrics` (python/numpy scalars) for `step`; returns the row written."""
@@ -48,13 +64,18 @@ class MetricsLogger:
       self._rate_from, self._rate_measured = (now, step), True
     if not self.active:
       return row
-    with open(self.path, "a") as f:
-      f.write(json.dumps(row) + "\n")
+    if self._remote:
+      self._rows.append(json.dumps(row))
+      self.path.write_text("\n".join(self._rows) + "\n")
+    else:
+      with self.path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
     if self._tb is not None:
       for k, v in row.items():
         if k not in ("step", "mode"):
           self._tb.add_scalar(f"{self.tag}/{k}", v, step)
       self._tb.flush()
+      self._upload_events()
     pct = 100.0 * step / max(self.total, 1)
     bar = "#" * int(pct // 5) + "." * (20 - int(pct // 5))
     extras = " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "loss")
@@ -64,9 +85,19 @@ class MetricsLogger:
           f"ETA {_fmt(eta)} {extras}", file=sys.stdout, flush=True)
     return row
 
+  def _upload_events(self) -> None:
+    if self._tb_local is None:
+      return
+    self._tb_dir.mkdir(parents=True, exist_ok=True)
+    for f in epath.Path(self._tb_local).iterdir():
+      (self._tb_dir / f.name).write_bytes(f.read_bytes())
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()
+      self._upload_events()
+    if self._tb_local is not None:
+      epath.Path(self._tb_local).rmtree(missing_ok=True)
 
 
 def _fmt(seconds: float) -> str:
@@ -77,8 +108,7 @@ def _fmt(seconds: float) -> str:
 
 
 def read_jsonl(path: str) -> list[dict]:
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in paths.path(path).read_text().splitlines() if line.strip()]
 
 
 def training_seconds(rows: list[dict], mode: str) -> dict[int, float]:

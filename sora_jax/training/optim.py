@@ -25,14 +25,19 @@ def ema_update(ema, params, decay: float, step):
   return jax.tree.map(lambda e, p: e * d + p.astype(e.dtype) * (1.0 - d), ema, params)
 
 
+def all_finite(*scalars) -> jax.Array:
+  """True when every scalar (loss, gradient norm, ...) is finite: computed inside the jitted
+  step, so the loop's per-step non-finite guard reads one bool."""
+  return jnp.all(jnp.isfinite(jnp.stack([jnp.asarray(s, jnp.float32) for s in scalars])))
+
+
 class StopSignal:
-  """Turns SIGTERM/SIGINT (preemption) into a flag the loop checks to save and exit."""
+  """Turns SIGTERM (a preemption notice) into a flag the loop shares with every process to
+  save and exit. SIGINT keeps its default: Ctrl-C stops at once, even a hung step."""
 
   def __init__(self):
     self.requested = False
-    self._previous = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._previous[sig] = signal.signal(sig, self._handle)
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del frame
@@ -40,9 +45,9 @@ class StopSignal:
     print(f"received signal {signum}: saving a checkpoint and exiting", flush=True)
 
   def restore(self):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
+    # None: a handler installed outside Python (none to put back); the default then.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL if self._previous is None else self._previous)
 
 
 class NonFiniteLoss(RuntimeError):
-  """Raised when training produced a NaN/inf loss."""
+  """Raised when training produced a NaN/inf loss or gradient norm."""

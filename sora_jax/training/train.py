@@ -18,8 +18,6 @@ adapters train (`sora_jax.training.lora`): the state and its checkpoints hold ad
 the frozen base is passed to every step.
 """
 import contextlib
-import json
-import os
 
 import flax.linen as nn
 import jax
@@ -28,7 +26,8 @@ import numpy as np
 import optax
 
 from sora_jax import paths
-from sora_jax.config_check import COND_MASKS, ConfigError, init_from_dir, parse_weights
+from sora_jax.config_check import (COND_MASKS, ConfigError, eval_timesteps, init_from_dir,
+                                   parse_weights)
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
 from sora_jax.diffusion import schedules
@@ -37,17 +36,8 @@ from sora_jax.models import weights
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import checkpoint, lora, loop, optim
 
+EVAL_NOISE_SEED = 1206  # Noise and text choice of the held-out evaluation (independent of `seed`).
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
-
-
-def load_latent_stats(workdir: str) -> tuple[np.ndarray, np.ndarray]:
-  """Per-channel (mean, std) of VAE latents, measured by --mode=encode."""
-  path = paths.latent_stats(workdir)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} is missing; run --mode=encode first")
-  with open(path) as f:
-    s = json.load(f)
-  return np.asarray(s["mean"], np.float32), np.asarray(s["std"], np.float32)
 
 
 def choose_text(rng, batch: dict, field: str):
@@ -108,13 +98,16 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     t_B = schedules.sample_timesteps(k_t, b, tokens, cfg.diffusion)
     cond_BT = masks_lib.sample_cond_mask(k_mask, b, t, probs)
     eps = jax.random.normal(k_eps, x0.shape)
+    # dit.dropout's key is folded in, not split above, so dropout 0 leaves every draw as it was.
+    k_dropout = jax.random.fold_in(state["rng"], 1)
 
     def loss_fn(params):
       if use_lora:
         params = lora.merge(base, params, cfg.train)
 
       def model_fn(x_t, t_BT, c):
-        return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
+        return dit.apply({"params": params}, x_t, t_BT, c[0], c[1],
+                         deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout})
       loss, _ = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
                                  cond=(emb, mask), t_clip=cfg.diffusion.x0_loss_t_clip)
       return loss
@@ -124,10 +117,51 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
            "ema": optim.ema_update(state["ema"], params, cfg.train.ema_decay, state["step"])}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads),
-                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32))}
+    grad_norm = optax.global_norm(grads)
+    return new, {"loss": loss, "grad_norm": grad_norm,
+                 "cond_frac": jnp.mean(cond_BT.astype(jnp.float32)),
+                 "finite": optim.all_finite(loss, grad_norm)}
 
   return init_state, train_step
+
+
+def make_eval_loss(cfg, dit, latent_stats):
+  """Pure `eval_loss(params, batch, key, base) -> (len(train.eval_timesteps),)` float32.
+
+  The velocity MSE |v_pred - v|^2 of `params` at each fixed t of train.eval_timesteps,
+  every latent frame noised (no conditioning frames), on the posterior means (no latent
+  sampling), with noise and the caption/prompt choice drawn from `key`, and no caption
+  dropout. Whatever the recipe (prediction, x0_loss_t_clip, shift, t distribution), the
+  figure is the same quantity, so runs on the same encoded data compare. `base`: the
+  frozen DiT that LoRA adapters (`params`) are merged into; None otherwise.
+  """
+  mu, sigma = (jnp.asarray(a) for a in latent_stats)
+  ts = jnp.asarray(eval_timesteps(cfg), jnp.float32)
+
+  def eval_loss(params, batch, key, base=None):
+    if cfg.train.lora_rank > 0:
+      params = lora.merge(base, params, cfg.train)
+    x0 = (batch["latent_mean"] - mu) / sigma
+    b, t = x0.shape[:2]
+    k_txt, k_eps = jax.random.split(key)
+    emb, mask = choose_text(k_txt, batch, cfg.data.caption_field)
+    if not cfg.dit.text_mask:
+      mask = jnp.ones_like(mask)
+    eps = jax.random.normal(k_eps, x0.shape)
+    free_BT = jnp.zeros((b, t), bool)
+
+    def model_fn(x_t, t_BT, c):
+      return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
+
+    def at(t_value):
+      # t >= the smallest eval t > 0, so a clip far below it makes x0's error exactly v's.
+      loss, _ = loss_lib.rf_loss(model_fn, x0, jnp.full((b,), t_value), eps, free_BT,
+                                 cfg.diffusion.prediction, cond=(emb, mask), t_clip=1e-6)
+      return loss
+
+    return jax.lax.map(at, ts)
+
+  return eval_loss
 
 
 def load_init_from(cfg, mesh, rules) -> dict:
@@ -196,6 +230,7 @@ class Trainer:
     self._init = jax.jit(lambda base: nn.unbox(init_state(base)),
                          out_shardings=self.state_sharding)
     self._step = jax.jit(step, donate_argnums=0, out_shardings=(self.state_sharding, rep))
+    self._eval_loss = jax.jit(make_eval_loss(cfg, self.dit, latent_stats), out_shardings=rep)
 
   def base_params(self):
     """The loaded DiT (config.weights or train.init_from), sharded by this mesh's rules; None
@@ -229,6 +264,16 @@ class Trainer:
     with self.context():
       return self._step(state, batch, *self.extra_step_args())
 
+  def eval_losses(self, state, batches: list[dict]) -> np.ndarray:
+    """(len(train.eval_timesteps),) mean velocity MSE of the EMA weights over `batches`
+    (device batches); batch i's noise is the same in every call and every run."""
+    with self.context():
+      per_batch = [self._eval_loss(state["ema"], batch,
+                                   jax.random.fold_in(jax.random.PRNGKey(EVAL_NOISE_SEED), i),
+                                   *self.extra_step_args())
+                   for i, batch in enumerate(batches)]
+    return np.mean(np.asarray(jax.device_get(per_batch)), axis=0)
+
   def compile_step(self, batch):
     """The train step lowered for the abstract state and `batch`, compiled (benchmarks).
 
@@ -242,14 +287,47 @@ class Trainer:
     return mesh_lib.to_global({k: batch_np[k] for k in keys if k in batch_np}, self.mesh)
 
 
-def run(cfg, workdir: str) -> None:
+def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
+  """The Trainer for the encoded data set of `cfg` (data.data_dir, else WORKDIR/data) with
+  WORKDIR's latent statistics, on `mesh` (default: config.mesh over all devices)."""
   from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   info = encode.read_info(cfg, workdir)
+  return Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
+                 (cfg.data.batch_size, *info["latent_shapes"][0], info["z_dim"]),
+                 info["text_len"], mesh=mesh)
+
+
+def run(cfg, workdir: str) -> None:
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   data_iter = encode.make_latent_iterator(cfg, workdir, split="train")
-  b = cfg.data.batch_size
-  trainer = Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
-                    (b, *info["latent_shapes"][0], info["z_dim"]), info["text_len"])
+  trainer = make_trainer(cfg, workdir)
   loop.train_loop(workdir=workdir, ckpt_dir=paths.dit_checkpoints(workdir), train_cfg=cfg.train,
                   init_state=trainer.init_state, abstract_state=trainer.abstract_state,
                   step_fn=trainer.step, data_iter=data_iter, to_device=trainer.to_device,
-                  tag="train")
+                  tag="train", eval_fn=make_evaluator(cfg, workdir, trainer))
+
+
+def make_evaluator(cfg, workdir: str, trainer: "Trainer"):
+  """eval_fn(state, step) -> {eval_loss, eval_loss_t<t>..., eval_loss_train}: the held-out
+  velocity MSE (Trainer.eval_losses) on train.eval_batches fixed validation batches, per t
+  and averaged, and its average on as many fixed training batches (the train/held-out
+  gap says whether the model memorises its clips)."""
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
+  ts = eval_timesteps(cfg)
+  splits = {}
+  for split in ("validation", "train"):
+    batches = encode.fixed_batches(cfg, workdir, split, cfg.train.eval_batches)
+    splits[split] = [trainer.to_device(b) for b in batches]
+  if not splits["validation"]:
+    raise ConfigError(f"the encoded data set has no validation batch of data.batch_size="
+                      f"{cfg.data.batch_size}; build it with more data.num_val clips")
+
+  def eval_fn(state, step):
+    del step
+    val = trainer.eval_losses(state, splits["validation"])
+    out = {"eval_loss": float(np.mean(val))}
+    out.update({f"eval_loss_t{t:g}": float(v) for t, v in zip(ts, val)})
+    out["eval_loss_train"] = float(np.mean(trainer.eval_losses(state, splits["train"])))
+    return out
+
+  return eval_fn

@@ -49,6 +49,12 @@ def random_window(x, key, max_frames: int, crop_size: int, spatial_factor: int):
   return x
 
 
+def training_forward(vae, params, x_BTHWC, key):
+  """(recon_BTHWC, mean, logvar) of the training pass: `key` draws the posterior sample and,
+  folded, the vae.dropout masks."""
+  return vae.apply({"params": params}, x_BTHWC, key, rngs={"dropout": jax.random.fold_in(key, 1)})
+
+
 def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
   """(init_state, train_step) for the VAE, pure functions of explicit pytrees.
 
@@ -79,7 +85,7 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
     disc_on = (state["step"] >= vt.disc_start).astype(jnp.float32) if use_disc else 0.0
 
     def loss_fn(params):
-      recon, mean, logvar = vae.apply({"params": params}, x, k)
+      recon, mean, logvar = training_forward(vae, params, x, k)
       l1 = jnp.mean(jnp.abs(recon - x))
       l2 = jnp.mean((recon - x) ** 2)
       kl = _kl(mean, logvar)
@@ -108,6 +114,7 @@ def make_state_fns(cfg, vae, disc, tx, dtx, sample_shape, init_params=None):
       d_updates, d_opt = dtx.update(d_grads, state["disc_opt"], state["disc"])
       new.update(disc=optax.apply_updates(state["disc"], d_updates), disc_opt=d_opt)
       metrics["d_loss"] = d_loss
+    metrics["finite"] = optim.all_finite(*metrics.values())
     return new, metrics
 
   return init_state, train_step
@@ -185,5 +192,5 @@ def load_vae(cfg, workdir: str, use_ema: bool = True):
   `config.weights` set and no checkpoint) the open weights' VAE."""
   if cfg.weights and not checkpoint.all_steps(paths.vae_checkpoints(workdir)):
     return vae_lib.vae_from_config(cfg), weights.load_vae(cfg)
-  params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema)
+  params, _ = checkpoint.load_params(paths.vae_checkpoints(workdir), use_ema, written_by="train_vae")
   return vae_lib.vae_from_config(cfg), params
