@@ -36,17 +36,6 @@ _BATCHES = flags.DEFINE_integer("batches", 8, "Batches (of data.batch_size) per 
 _OUT = flags.DEFINE_string("out", "", "Output JSON ('' = print only).")
 
 
-def batches_of(cfg, ids_R, source, num):
-  it = pipeline.make_loader(source, ids_R, batch_size=cfg.data.batch_size,
-                            seed=encode.EVAL_SEED, repeat=False, prefetch=0)
-  out = []
-  for b in it:
-    out.append(b)
-    if len(out) == num:
-      break
-  return out
-
-
 def main(argv):
   del argv
   cfg = _CONFIG.value
@@ -61,13 +50,12 @@ def main(argv):
       raise app.UsageError(f"--bucket={_BUCKET.value} is not in the data set ({buckets})")
     ids_R = np.where(ids_R == buckets.index(bucket), ids_R, -1)
     if split == "validation":
-      sets["validation"] = batches_of(cfg, ids_R, source, _BATCHES.value)
+      sets["validation"] = encode.batches_in_fixed_order(cfg, source, ids_R, _BATCHES.value)
       continue
     rank_R = np.cumsum(ids_R >= 0) - 1
-    sets["seen"] = batches_of(cfg, np.where(rank_R < _SEEN.value, ids_R, -1), source,
-                              _BATCHES.value)
-    sets["unseen"] = batches_of(cfg, np.where(rank_R >= _SEEN.value, ids_R, -1), source,
-                                _BATCHES.value)
+    for name, keep_R in (("seen", rank_R < _SEEN.value), ("unseen", rank_R >= _SEEN.value)):
+      sets[name] = encode.batches_in_fixed_order(cfg, source, np.where(keep_R, ids_R, -1),
+                                                 _BATCHES.value)
   ts = eval_timesteps(cfg)
   result = {"workdir": _WORKDIR.value, "step": int(step), "bucket": _BUCKET.value,
             "seen_records": _SEEN.value, "timesteps": list(ts)}

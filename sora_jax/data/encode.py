@@ -13,6 +13,7 @@ array_record data set is assembled from the staged chunks in the source's record
 (bucket-major, as the source). Process p encodes chunks i ≡ p (mod process_count).
 """
 import io
+import itertools
 import json
 import time
 
@@ -159,15 +160,17 @@ def fixed_batches(cfg, workdir: str, split: str, num_batches: int) -> list[dict]
   _, ids_R = pipeline.bucket_index(metadata, split)
   if split == "train":
     ids_R = pipeline.first_records(ids_R, cfg.data.train_records)
+  return batches_in_fixed_order(cfg, source, ids_R, num_batches)
+
+
+def batches_in_fixed_order(cfg, source, ids_R, num_batches: int) -> list[dict]:
+  """The first `num_batches` batches (this process's rows) of the records of `source` with
+  a bucket id >= 0 in ids_R, in the EVAL_SEED order (fewer when there are fewer records)."""
+  from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   it = pipeline.make_loader(source, ids_R, batch_size=cfg.data.batch_size, seed=EVAL_SEED,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), repeat=False, prefetch=0)
-  out = []
-  for batch in it:
-    out.append(batch)
-    if len(out) == num_batches:
-      break
-  return out
+  return list(itertools.islice(it, num_batches))
 
 
 def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
