@@ -7,7 +7,7 @@ import pytest
 
 _ROOT = os.path.join(os.path.dirname(__file__), "..")
 # A program whose 64 MB intermediate (8192 x 2048 f32) lives in XLA's temporary buffer;
-# prints the minor page faults of its second run.
+# prints the minor page faults of each of its next six runs.
 _PROBE = """
 import resource, sys
 import sora_jax
@@ -15,18 +15,22 @@ import jax, jax.numpy as jnp
 f = jax.jit(lambda x, w, v: (x @ w) @ v)
 args = (jnp.ones((8192, 8)), jnp.ones((8, 2048)), jnp.ones((2048, 8)))
 f(*args).block_until_ready()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-f(*args).block_until_ready()
-print(sora_jax.HOST_MALLOC_TUNED, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+faults = []
+for _ in range(6):
+  before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  f(*args).block_until_ready()
+  faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sora_jax.HOST_MALLOC_TUNED, *faults)
 """
+_PAGES = 64 * 2 ** 20 // 4096  # the temporary buffer, in 4 KiB pages
 
 
-def _faults(setting: str) -> tuple[str, int]:
+def _faults(setting: str) -> tuple[str, list[int]]:
   env = dict(os.environ, SORA_JAX_HOST_MALLOC=setting, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.path.abspath(_ROOT))
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
                        check=True).stdout.split()
-  return out[0], int(out[1])
+  return out[0], [int(n) for n in out[1:]]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
@@ -34,6 +38,10 @@ def test_temporary_buffer_is_not_faulted_in_again_each_run():
   tuned, faults = _faults("1")
   default, faults_default = _faults("0")
   assert (tuned, default) == ("True", "False")
-  # 64 MB is 16,384 pages: glibc's default mmaps and faults them in on every run.
-  assert faults_default > 10_000, faults_default
-  assert faults < 1_000, faults
+  # glibc's default mmaps the 64 MB buffer and faults all its pages in on every run.
+  assert min(faults_default) > _PAGES * 0.6, faults_default
+  # Tuned, the buffer comes from the heap and is reused. A run may still find the freed
+  # block split by a small allocation made since, and grow the heap once by the buffer's
+  # size (measured: 0 or 1 of 6 runs); later runs reuse that.
+  assert sum(faults) < 2 * _PAGES, faults
+  assert sum(f > _PAGES // 2 for f in faults) <= 1, faults
