@@ -183,7 +183,8 @@ def _computations(hlo: str) -> dict:
   entry computation's name is also stored under '__entry__'."""
   comps, lines = {}, None
   for line in hlo.splitlines():
-    head = re.match(r"^(ENTRY\s+)?%?([\w.\-]+)\s*\(.*\{\s*$", line)
+    # "%name (params) -> shape {" in optimized HLO; "name {" before optimization.
+    head = re.match(r"^(ENTRY\s+)?%?([\w.\-]+)\s*(\(.*)?\{\s*$", line)
     if head:
       lines = []
       comps[head.group(2)] = (line, lines)
@@ -215,18 +216,51 @@ def _dims(shape: str) -> list[int]:
   return [int(d) for d in arrays[0][1].split(",") if d] if arrays else []
 
 
+def _window_taps(window: str, lhs: list, out: list) -> list:
+  """Per spatial dimension of a convolution: the window taps that land on real input
+  summed over the output positions (padding and lhs-dilation holes skipped). The TPU
+  compiler writes matmuls as convolutions whose padded windows only place operands (e.g.
+  the q/k/v axis of a stacked-kernel projection: window 3, pad 2_2 over a size-1 input,
+  one real tap per output); counting the whole window tripled those FLOPs."""
+  fields = dict(f.split("=", 1) for f in window.split())
+  n = len(out)
+  vec = lambda key, default: ([int(v) for v in fields[key].split("x")] if key in fields
+                              else [default] * n)
+  size, stride = vec("size", 1), vec("stride", 1)
+  lhs_dil, rhs_dil = vec("lhs_dilate", 1), vec("rhs_dilate", 1)
+  pads = ([[int(v) for v in p.split("_")] for p in fields["pad"].split("x")]
+          if "pad" in fields else [[0, 0]] * n)
+  taps = []
+  for d in range(n):
+    real = (lhs[d] - 1) * lhs_dil[d] + 1  # the input's extent once dilated
+    taps.append(sum(1 for p in range(out[d]) for j in range(size[d])
+                    if 0 <= (pos := p * stride[d] + j * rhs_dil[d] - pads[d][0]) < real
+                    and pos % lhs_dil[d] == 0))
+  return taps
+
+
 def _matmul_flops(op: str, shape: str, rest: str, shapes: dict) -> int:
-  """2 x multiply-adds of a dot or a convolution (how the TPU compiler writes matmuls):
-  output elements x the contracted size (a convolution's kernel elements per output
-  feature; a dot's contracting dims of its left operand)."""
+  """2 x multiply-adds of a dot or a convolution (how the TPU compiler writes matmuls).
+  A dot: output elements x its left operand's contracting dims. A convolution: output
+  batch x output features x the kernel's input features (per group) x, per spatial
+  dimension, the window taps on real input summed over output positions."""
   out = math.prod(_dims(shape))
-  operands = re.findall(r"%([\w.\-]+)", rest.split(")")[0])
+  # Operand names (with or without the optimized HLO's '%'), each before a comma or the end.
+  operands = re.findall(r"%?([A-Za-z_][\w.\-]*)(?=\s*(?:,|$))", rest.split(")")[0])
   if op == "convolution" and len(operands) >= 2:
-    labels = re.search(r"dim_labels=\w*_(\w+)->", rest)
-    kernel = _dims(shapes.get(operands[1], ""))
-    if not labels or len(kernel) != len(labels.group(1)):
+    labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
+    lhs, kernel = _dims(shapes.get(operands[0], "")), _dims(shapes.get(operands[1], ""))
+    out_dims = _dims(shape)
+    if not labels or len(kernel) != len(labels.group(2)) or len(lhs) != len(labels.group(1)):
       return 0
-    return 2 * out * math.prod(kernel) // kernel[labels.group(1).index("o")]
+    lhs_l, rhs_l, out_l = labels.groups()
+    spatial = sorted(c for c in out_l if c.isdigit())
+    window = re.search(r"window=\{([^}]*)\}", rest)
+    taps = _window_taps(window.group(1) if window else "",
+                        [lhs[lhs_l.index(c)] for c in spatial],
+                        [out_dims[out_l.index(c)] for c in spatial])
+    return (2 * out_dims[out_l.index("b")] * out_dims[out_l.index("f")]
+            * kernel[rhs_l.index("i")] * math.prod(taps))
   if op == "dot" and operands:
     lhs = _dims(shapes.get(operands[0], ""))
     contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
