@@ -52,6 +52,22 @@ def copy_tree(src, dst) -> None:
     target.write_bytes(f.read_bytes())
 
 
+def write_bytes_atomic(p, data: bytes) -> None:
+  """Writes file `p` so that it either exists whole or not at all. Locally: a temporary
+  name, then a rename. On a bucket an object appears only once its upload completes, so it
+  is written in place: a rename there is a copy and a delete (gcsfs first tries GCS's
+  moveTo, which a bucket without hierarchical namespace, or an emulator, refuses only after
+  ~30 s of retries)."""
+  p = path(p)
+  p.parent.mkdir(parents=True, exist_ok=True)
+  if is_remote(p):
+    p.write_bytes(data)
+    return
+  tmp = p.parent / (p.name + ".tmp")
+  tmp.write_bytes(data)
+  tmp.rename(p)
+
+
 @contextlib.contextmanager
 def local_dir(p):
   """A local folder standing in for `p` while a library that writes only local files

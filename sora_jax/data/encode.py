@@ -196,13 +196,10 @@ def _text(x) -> str:
 
 
 def _atomic_savez(path: epath.Path, arrays: dict) -> None:
-  """Writes under a temporary name, then renames: a chunk that exists is complete."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / (path.name + ".tmp.npz")
+  """Writes `arrays` so that a chunk that exists is complete (paths.write_bytes_atomic)."""
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  tmp.write_bytes(buf.getvalue())
-  tmp.rename(path)
+  paths.write_bytes_atomic(path, buf.getvalue())
 
 
 def latent_statistics(stage_dir: str, num_chunks: int) -> dict:
