@@ -21,3 +21,15 @@ jax.config.update("jax_compilation_cache_dir", os.environ["SORA_JAX_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs",
                   float(os.environ["SORA_JAX_CACHE_MIN_SECS"]))
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+# The longest files (wall seconds on a 2-core host, cold cache, 2026-12-06), started first:
+# scripts/test.sh runs whole files per worker (pytest-xdist --dist loadfile) in collection
+# order, so a long file collected last would run alone at the end. The rest keep their order.
+_LONGEST_FIRST = ("test_gcs_workdir.py", "test_end_to_end.py", "test_mesh_equivalence.py",
+                  "test_multihost.py", "test_notebook.py", "test_compile.py", "test_dit.py",
+                  "test_vae.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: ties keep order
