@@ -67,8 +67,7 @@ def main(argv):
     print(f"{name:>10} ({result[name]['clips']} clips): eval_loss {np.mean(losses):.4f}  " +
           "  ".join(f"t={t:g}: {v:.4f}" for t, v in zip(ts, losses)), flush=True)
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(result, f, indent=1)
+    paths.path(_OUT.value).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

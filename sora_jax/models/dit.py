@@ -61,7 +61,6 @@ _REMAT_POLICIES = {
 _xavier = nn.initializers.xavier_uniform()
 
 
-
 def _dense(features, axes, dtype, param_dtype, name, kernel_init=_xavier):
   return nn.Dense(
       features, dtype=dtype, param_dtype=param_dtype, name=name,

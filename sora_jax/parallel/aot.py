@@ -244,13 +244,12 @@ def _matmul_flops(op: str, shape: str, rest: str, shapes: dict) -> int:
   A dot: output elements x its left operand's contracting dims. A convolution: output
   batch x output features x the kernel's input features (per group) x, per spatial
   dimension, the window taps on real input summed over output positions."""
-  out = math.prod(_dims(shape))
+  out_dims = _dims(shape)
   # Operand names (with or without the optimized HLO's '%'), each before a comma or the end.
   operands = re.findall(r"%?([A-Za-z_][\w.\-]*)(?=\s*(?:,|$))", rest.split(")")[0])
   if op == "convolution" and len(operands) >= 2:
     labels = re.search(r"dim_labels=(\w+)_(\w+)->(\w+)", rest)
     lhs, kernel = _dims(shapes.get(operands[0], "")), _dims(shapes.get(operands[1], ""))
-    out_dims = _dims(shape)
     if not labels or len(kernel) != len(labels.group(2)) or len(lhs) != len(labels.group(1)):
       return 0
     lhs_l, rhs_l, out_l = labels.groups()
@@ -266,7 +265,8 @@ def _matmul_flops(op: str, shape: str, rest: str, shapes: dict) -> int:
     contract = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", rest)
     if not lhs or not contract:
       return 0
-    return 2 * out * math.prod(lhs[int(i)] for i in contract.group(1).split(",") if i)
+    return 2 * math.prod(out_dims) * math.prod(lhs[int(i)] for i in contract.group(1).split(",")
+                                               if i)
   return 0
 
 
