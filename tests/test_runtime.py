@@ -7,7 +7,7 @@ import pytest
 
 _ROOT = os.path.join(os.path.dirname(__file__), "..")
 # A program whose 64 MB intermediate (8192 x 2048 f32) lives in XLA's temporary buffer;
-# prints the minor page faults of each of its next ten runs.
+# prints the minor page faults of each of its next thirty runs.
 _PROBE = """
 import resource, sys
 import sora_jax
@@ -16,7 +16,7 @@ f = jax.jit(lambda x, w, v: (x @ w) @ v)
 args = (jnp.ones((8192, 8)), jnp.ones((8, 2048)), jnp.ones((2048, 8)))
 f(*args).block_until_ready()
 faults = []
-for _ in range(10):
+for _ in range(30):
   before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   f(*args).block_until_ready()
   faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -43,6 +43,9 @@ def test_temporary_buffer_is_not_faulted_in_again_each_run():
   # Tuned, the buffer comes from the heap and is reused. A run may still find the freed
   # block split by a small allocation made since (XLA's threads allocate as they are
   # scheduled) and grow the heap by the buffer's size; each growth leaves one more free
-  # block, so it stops after a few (measured: 0-1 of 6 runs alone, 2 of 6 beside another
-  # process's test load), where the default faults every run.
-  assert sum(f > _PAGES // 2 for f in faults) <= 4, faults
+  # block, so the growths stop after a few runs, where the default faults every run.
+  # Measured beside a busy core, five processes: 3-5 of the first 15 runs grew the heap,
+  # none of the last 15 (CI under two test workers: 5 of the first 10).
+  grew = [f > _PAGES // 2 for f in faults]
+  assert sum(grew) <= 12, faults
+  assert sum(grew[-10:]) <= 2, faults
