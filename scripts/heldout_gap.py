@@ -32,7 +32,7 @@ _SEEN = flags.DEFINE_integer("seen", None, "How many leading records of --bucket
                              "trained on.")
 _BUCKET = flags.DEFINE_string("bucket", "5x8x8", "The bucket scored, as the encoded set names it: latent "
                               "frames x height x width (5x8x8 holds the 17x32x32 clips of the demo VAE).")
-_BATCHES = flags.DEFINE_integer("batches", 8, "Batches (of data.batch_size) per set.")
+_CLIPS = flags.DEFINE_integer("clips", 128, "Clips per set (the same clips at any data.batch_size).")
 _OUT = flags.DEFINE_string("out", "", "Output JSON ('' = print only).")
 
 
@@ -50,18 +50,18 @@ def main(argv):
       raise app.UsageError(f"--bucket={_BUCKET.value} is not in the data set ({buckets})")
     ids_R = np.where(ids_R == buckets.index(bucket), ids_R, -1)
     if split == "validation":
-      sets["validation"] = encode.batches_in_fixed_order(cfg, source, ids_R, _BATCHES.value)
+      sets["validation"] = encode.batches_in_fixed_order(cfg, source, ids_R, _CLIPS.value)
       continue
     rank_R = np.cumsum(ids_R >= 0) - 1
     for name, keep_R in (("seen", rank_R < _SEEN.value), ("unseen", rank_R >= _SEEN.value)):
       sets[name] = encode.batches_in_fixed_order(cfg, source, np.where(keep_R, ids_R, -1),
-                                                 _BATCHES.value)
+                                                 _CLIPS.value)
   ts = eval_timesteps(cfg)
   result = {"workdir": _WORKDIR.value, "step": int(step), "bucket": _BUCKET.value,
             "seen_records": _SEEN.value, "timesteps": list(ts)}
   for name, batches in sets.items():
     losses = trainer.eval_losses({"ema": ema}, [trainer.to_device(b) for b in batches])
-    result[name] = {"clips": int(sum(len(b["latent_mean"]) for b in batches)),
+    result[name] = {"clips": int(sum(b["mask"].sum() for b in batches)),
                     "eval_loss": float(np.mean(losses)),
                     "by_t": {f"{t:g}": float(v) for t, v in zip(ts, losses)}}
     print(f"{name:>10} ({result[name]['clips']} clips): eval_loss {np.mean(losses):.4f}  " +

@@ -206,9 +206,9 @@ def check(cfg, mode: str) -> None:
       raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")
   if cfg.data.train_records < 0:
     raise ConfigError(f"data.train_records={cfg.data.train_records} must be >= 0 (0: all records)")
-  if cfg.train.eval_every < 0 or cfg.train.eval_batches < 1:
+  if cfg.train.eval_every < 0 or cfg.train.eval_clips < 1:
     raise ConfigError(f"train.eval_every={cfg.train.eval_every} must be >= 0 (0: at every "
-                      f"checkpoint) and train.eval_batches={cfg.train.eval_batches} >= 1")
+                      f"checkpoint) and train.eval_clips={cfg.train.eval_clips} >= 1")
   eval_timesteps(cfg)
   for k in ("data", "fsdp", "sequence", "tensor"):
     if cfg.mesh[k] == 0 or cfg.mesh[k] < -1:

@@ -170,7 +170,7 @@ def base_config() -> ml_collections.ConfigDict:
   # gap, on training clips) at fixed timesteps, noise, texts and no conditioning frames, so
   # any two runs on the same encoded data compare; the VAE's is validation PSNR/SSIM.
   cfg.train.eval_every = 0
-  cfg.train.eval_batches = 4  # Fixed batches (of data.batch_size) per split in each DiT evaluation.
+  cfg.train.eval_clips = 64  # Fixed clips per split in each DiT evaluation (the same clips at any batch size).
   cfg.train.eval_timesteps = "0.1,0.3,0.5,0.7,0.9"  # Noise levels t of the DiT evaluation (logged as eval_loss_t<t>).
 
   # ---------------------------------------------------------------- sampling

@@ -354,7 +354,7 @@ def test_dit_logs_a_held_out_loss_that_any_recipe_can_compare(workdir):
   def figures(cfg, state):
     stats = weights.latent_stats(cfg, workdir)
     trainer = train.make_trainer(cfg, workdir, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
-    batches = encode.fixed_batches(cfg, workdir, "validation", cfg.train.eval_batches)
+    batches = encode.fixed_batches(cfg, workdir, "validation", cfg.train.eval_clips)
     state = state if state is not None else trainer.init_state()
     return trainer.eval_losses(state, [trainer.to_device(b) for b in batches]), batches, stats
 
@@ -366,9 +366,23 @@ def test_dit_logs_a_held_out_loss_that_any_recipe_can_compare(workdir):
   # Independent reference: a fresh DiT's zero head predicts x0 = 0, so its velocity error is
   # -x0 / t and its MSE is E[x0^2] / t^2 over the fixed validation clips.
   fresh, batches, (mu, sigma) = figures(cfg, None)
-  x0_sq = np.mean([np.mean(((b["latent_mean"] - mu) / sigma) ** 2) for b in batches])
-  np.testing.assert_allclose(fresh, x0_sq / np.square(ts), rtol=1e-5)
+  # Every clip weighs the same whatever its bucket (video or image).
+  x0_sq = np.concatenate([np.mean(((b["latent_mean"][b["mask"]] - mu) / sigma) ** 2,
+                                  axis=(1, 2, 3, 4)) for b in batches])
+  assert len(x0_sq) == 8  # The whole validation split (data.num_val) and nothing twice.
+  np.testing.assert_allclose(fresh, np.mean(x0_sq) / np.square(ts), rtol=1e-5)
   # The same weights score the same under another recipe's seeds, data order and loss weight.
   other = tiny_config()
   other.seed, other.data.shuffle_seed, other.diffusion.x0_loss_t_clip = 7, 7, 1.0
   np.testing.assert_allclose(figures(other, {"ema": ema})[0], logged, rtol=1e-6)
+  # ... and the same clips with the same noise at another batch size (5 clips: padding rows
+  # and rows past them masked out).
+  for batch_size in (8, 4):
+    fewer = tiny_config()
+    fewer.data.batch_size, fewer.train.eval_clips = batch_size, 5
+    five, batches, _ = figures(fewer, {"ema": ema})
+    assert sum(int(b["mask"].sum()) for b in batches) == 5
+    if batch_size == 8:
+      five_at_8 = five
+  np.testing.assert_allclose(five, five_at_8, rtol=1e-5)
+  assert not np.allclose(five, logged, rtol=1e-3)  # 5 of the 8 clips are another figure.

@@ -147,30 +147,46 @@ def make_latent_iterator(cfg, workdir: str, split: str = "train", **kw):
 EVAL_SEED = 20261206  # Order of the fixed evaluation batches: the same for every run.
 
 
-def fixed_batches(cfg, workdir: str, split: str, num_batches: int) -> list[dict]:
-  """The first `num_batches` batches (this process's rows) of `split` in one fixed order.
+def fixed_batches(cfg, workdir: str, split: str, num_clips: int) -> list[dict]:
+  """Batches (of data.batch_size; this process's rows) holding the first `num_clips`
+  records of `split` in one fixed order, rows past them masked out (batch['mask']).
 
-  The order depends on neither `seed` nor `data.shuffle_seed` nor `data.bucket_weights`,
-  so runs with different recipes evaluate on the same records. Training batches come from
-  the records the run trains on (data.train_records). Fewer batches when the split has
-  fewer records.
+  The clips depend on neither `seed` nor `data.shuffle_seed` nor `data.bucket_weights`
+  nor `data.batch_size`, so runs with different recipes evaluate on the same records.
+  Training batches come from the records the run trains on (data.train_records). Fewer
+  clips when the split has fewer records.
   """
   from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   source, metadata = data_source(cfg, workdir, split)
   _, ids_R = pipeline.bucket_index(metadata, split)
   if split == "train":
     ids_R = pipeline.first_records(ids_R, cfg.data.train_records)
-  return batches_in_fixed_order(cfg, source, ids_R, num_batches)
+  return batches_in_fixed_order(cfg, source, ids_R, num_clips)
 
 
-def batches_in_fixed_order(cfg, source, ids_R, num_batches: int) -> list[dict]:
-  """The first `num_batches` batches (this process's rows) of the records of `source` with
-  a bucket id >= 0 in ids_R, in the EVAL_SEED order (fewer when there are fewer records)."""
+def batches_in_fixed_order(cfg, source, ids_R, num_clips: int) -> list[dict]:
+  """Batches (of data.batch_size; this process's rows) holding the first `num_clips`
+  records of `source` with a bucket id >= 0 in ids_R, bucket by bucket in storage order;
+  batch['mask'] is False on padding rows and on rows past `num_clips` (fewer clips when
+  there are fewer records)."""
   from sora_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  it = pipeline.make_loader(source, ids_R, batch_size=cfg.data.batch_size, seed=EVAL_SEED,
+  b = cfg.data.batch_size
+  it = pipeline.make_loader(source, ids_R, batch_size=b, seed=EVAL_SEED,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), repeat=False, prefetch=0)
-  return list(itertools.islice(it, num_batches))
+  rows = slice(jax.process_index() * (b // jax.process_count()),
+               (jax.process_index() + 1) * (b // jax.process_count()))
+  out, seen = [], 0
+  for step in range(len(it.plan)):
+    if seen >= num_clips:
+      break
+    _, _, valid = it.plan[step]  # Global rows of the batch that are real records.
+    keep = valid & (seen + np.cumsum(valid) <= num_clips)
+    seen += int(keep.sum())
+    batch = next(it)
+    batch["mask"] = keep[rows]
+    out.append(batch)
+  return out
 
 
 def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:

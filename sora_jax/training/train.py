@@ -51,6 +51,16 @@ def choose_text(rng, batch: dict, field: str):
   return emb.astype(jnp.float32), mask.astype(bool)
 
 
+def choose_text_per_clip(keys_B, batch: dict, field: str):
+  """choose_text with one key per clip: clip b's choice ('both') depends on keys_B[b] only."""
+  if field != "both":
+    return choose_text(None, batch, field)
+  pick_B = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(keys_B)
+  emb = jnp.where(pick_B[:, None, None], batch["caption_emb"], batch["prompt_emb"])
+  mask = jnp.where(pick_B[:, None], batch["caption_mask"], batch["prompt_mask"])
+  return emb.astype(jnp.float32), mask.astype(bool)
+
+
 def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
   """Pure (init_state, train_step) for the DiT.
 
@@ -126,14 +136,17 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
 
 
 def make_eval_loss(cfg, dit, latent_stats):
-  """Pure `eval_loss(params, batch, key, base) -> (len(train.eval_timesteps),)` float32.
+  """Pure `eval_loss(params, batch, key, base) -> (sums (len(train.eval_timesteps),), count)`.
 
   The velocity MSE |v_pred - v|^2 of `params` at each fixed t of train.eval_timesteps,
   every latent frame noised (no conditioning frames), on the posterior means (no latent
-  sampling), with noise and the caption/prompt choice drawn from `key`, and no caption
-  dropout. Whatever the recipe (prediction, x0_loss_t_clip, shift, t distribution), the
-  figure is the same quantity, so runs on the same encoded data compare. `base`: the
-  frozen DiT that LoRA adapters (`params`) are merged into; None otherwise.
+  sampling), no caption dropout, summed over the batch's valid clips (`batch['mask']`),
+  and their count. Each clip's noise and caption/prompt choice come from `key` folded with
+  its record number (`batch['index']`), so a clip scores the same in any batch size,
+  process count or batch position. Whatever the recipe (prediction, x0_loss_t_clip,
+  shift, t distribution), the figure is the same quantity, so runs on the same encoded
+  data compare. `base`: the frozen DiT that LoRA adapters (`params`) are merged into;
+  None otherwise.
   """
   mu, sigma = (jnp.asarray(a) for a in latent_stats)
   ts = jnp.asarray(eval_timesteps(cfg), jnp.float32)
@@ -143,23 +156,25 @@ def make_eval_loss(cfg, dit, latent_stats):
       params = lora.merge(base, params, cfg.train)
     x0 = (batch["latent_mean"] - mu) / sigma
     b, t = x0.shape[:2]
-    k_txt, k_eps = jax.random.split(key)
-    emb, mask = choose_text(k_txt, batch, cfg.data.caption_field)
+    keys_B = jax.vmap(lambda i: jax.random.fold_in(key, i))(batch["index"])
+    k_txt_B, k_eps_B = jnp.moveaxis(jax.vmap(jax.random.split)(keys_B), 1, 0)
+    emb, mask = choose_text_per_clip(k_txt_B, batch, cfg.data.caption_field)
     if not cfg.dit.text_mask:
       mask = jnp.ones_like(mask)
-    eps = jax.random.normal(k_eps, x0.shape)
+    eps = jax.vmap(lambda k: jax.random.normal(k, x0.shape[1:]))(k_eps_B)
     free_BT = jnp.zeros((b, t), bool)
+    valid_B = batch["mask"].astype(jnp.float32)
 
     def model_fn(x_t, t_BT, c):
       return dit.apply({"params": params}, x_t, t_BT, c[0], c[1])
 
     def at(t_value):
       # t >= the smallest eval t > 0, so a clip far below it makes x0's error exactly v's.
-      loss, _ = loss_lib.rf_loss(model_fn, x0, jnp.full((b,), t_value), eps, free_BT,
-                                 cfg.diffusion.prediction, cond=(emb, mask), t_clip=1e-6)
-      return loss
+      _, per_clip_B = loss_lib.rf_loss(model_fn, x0, jnp.full((b,), t_value), eps, free_BT,
+                                       cfg.diffusion.prediction, cond=(emb, mask), t_clip=1e-6)
+      return jnp.sum(per_clip_B * valid_B)
 
-    return jax.lax.map(at, ts)
+    return jax.lax.map(at, ts), jnp.sum(valid_B)
 
   return eval_loss
 
@@ -265,14 +280,18 @@ class Trainer:
       return self._step(state, batch, *self.extra_step_args())
 
   def eval_losses(self, state, batches: list[dict]) -> np.ndarray:
-    """(len(train.eval_timesteps),) mean velocity MSE of the EMA weights over `batches`
-    (device batches); batch i's noise is the same in every call and every run."""
+    """(len(train.eval_timesteps),) mean velocity MSE of the EMA weights over the valid clips
+    of `batches` (device batches with 'index' and 'mask'); a clip's noise is the same in
+    every call, every run and every batching."""
+    key = jax.random.PRNGKey(EVAL_NOISE_SEED)
     with self.context():
-      per_batch = [self._eval_loss(state["ema"], batch,
-                                   jax.random.fold_in(jax.random.PRNGKey(EVAL_NOISE_SEED), i),
-                                   *self.extra_step_args())
-                   for i, batch in enumerate(batches)]
-    return np.mean(np.asarray(jax.device_get(per_batch)), axis=0)
+      per_batch = jax.device_get([self._eval_loss(state["ema"], batch, key,
+                                                  *self.extra_step_args())
+                                  for batch in batches])
+    count = sum(float(c) for _, c in per_batch)
+    if not count:
+      raise ValueError("no valid clip in the evaluation batches")
+    return np.sum([np.asarray(s, np.float64) for s, _ in per_batch], axis=0) / count
 
   def compile_step(self, batch):
     """The train step lowered for the abstract state and `batch`, compiled (benchmarks).
@@ -283,7 +302,8 @@ class Trainer:
       return self._step.lower(self.abstract_state, batch, *self.extra_step_args()).compile()
 
   def to_device(self, batch_np: dict) -> dict:
-    keys = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb", "prompt_mask")
+    keys = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb", "prompt_mask",
+            "index", "mask")
     return mesh_lib.to_global({k: batch_np[k] for k in keys if k in batch_np}, self.mesh)
 
 
@@ -309,18 +329,18 @@ def run(cfg, workdir: str) -> None:
 
 def make_evaluator(cfg, workdir: str, trainer: "Trainer"):
   """eval_fn(state, step) -> {eval_loss, eval_loss_t<t>..., eval_loss_train}: the held-out
-  velocity MSE (Trainer.eval_losses) on train.eval_batches fixed validation batches, per t
-  and averaged, and its average on as many fixed training batches (the train/held-out
+  velocity MSE (Trainer.eval_losses) on train.eval_clips fixed validation clips, per t
+  and averaged, and its average on as many fixed training clips (the train/held-out
   gap says whether the model memorises its clips)."""
   from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   ts = eval_timesteps(cfg)
   splits = {}
   for split in ("validation", "train"):
-    batches = encode.fixed_batches(cfg, workdir, split, cfg.train.eval_batches)
+    batches = encode.fixed_batches(cfg, workdir, split, cfg.train.eval_clips)
     splits[split] = [trainer.to_device(b) for b in batches]
   if not splits["validation"]:
-    raise ConfigError(f"the encoded data set has no validation batch of data.batch_size="
-                      f"{cfg.data.batch_size}; build it with more data.num_val clips")
+    raise ConfigError("the encoded data set has no validation clip; build it with "
+                      "data.num_val >= 1")
 
   def eval_fn(state, step):
     del step
