@@ -217,14 +217,19 @@ def all_steps(directory: str) -> list[int]:
 
 def read_tree(directory: str, step: int | None = None) -> tuple[Any, int]:
   """(the whole saved train-state pytree, step) of checkpoint `step` (default: the newest),
-  as host numpy arrays."""
+  as host numpy arrays, whatever the devices and processes that saved it (orbax restores
+  to the saved shardings unless told otherwise, which fails on another topology: a
+  multi-host run's checkpoint read on one host)."""
   steps = all_steps(directory)
   if step is None and steps:
     step = steps[-1]
   if step is None or step not in steps:
     raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {directory}"
                             f" (has steps {steps})")
-  return ocp.StandardCheckpointer().restore(_item_dir(paths.path(directory), step)), step
+  item = _item_dir(paths.path(directory), step)
+  meta = ocp.StandardCheckpointer().metadata(item).item_metadata
+  as_numpy = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), meta)
+  return ocp.PyTreeCheckpointer().restore(item, restore_args=as_numpy), step
 
 
 def load_params(directory: str, use_ema: bool = True, step: int | None = None,
