@@ -87,9 +87,19 @@ _CHUNK = 1 << 24  # 16 MiB: copies stream, so a multi-GB weights file never sits
 
 
 def copy_file(src, dst) -> None:
-  """Copies file `src` to `dst` (either may be a bucket), streaming."""
-  with path(src).open("rb") as i, path(dst).open("wb") as o:
-    shutil.copyfileobj(i, o, _CHUNK)
+  """Copies file `src` to `dst` (either may be a bucket), streaming. A failed copy to a
+  bucket leaves no object: closing would commit what was sent, so the upload is dropped."""
+  with path(src).open("rb") as i:
+    o = path(dst).open("wb")
+    try:
+      shutil.copyfileobj(i, o, _CHUNK)
+    except BaseException:
+      if is_remote(dst):
+        o.discard()  # cancels a multi-part upload already begun
+        o.closed = True  # else closing (or garbage collection) uploads the buffered part
+      o.close()
+      raise
+    o.close()
 
 
 def link_or_copy(src, dst) -> None:
