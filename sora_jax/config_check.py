@@ -4,6 +4,7 @@ Every problem is a `ConfigError` whose message is one line naming the field, the
 value and what is allowed, so the entry point can print it and exit.
 """
 import copy
+import io
 import json
 import re
 
@@ -344,7 +345,7 @@ def sample_jobs(cfg) -> list:
   if not paths.path(path).is_file():
     raise ConfigError(f"sample.jobs_file={path!r} does not exist")
   jobs = []
-  with paths.path(path).open(encoding="utf-8") as f:
+  with io.StringIO(paths.read_text(path)) as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -258,3 +258,24 @@ def test_sample_image_and_video_on_a_bucket_read_the_local_pixels(videos, cwd):
   with pytest.raises(video_io.VideoReadError, match="no such file"):
     video_io.read_image(f"{url}/missing.png")
   _no_local_gs(cwd)
+
+
+def test_prompt_and_job_files_on_a_bucket_read_as_utf8(gcs, tmp_path, cwd):
+  from sora_jax.config_check import sample_jobs  # pylint: disable=g-import-not-at-top
+  from sora_jax.sampling import sample  # pylint: disable=g-import-not-at-top
+  del gcs
+  (tmp_path / "prompts.txt").write_bytes("un carré rouge\r\n\r\na blue circle\n".encode())
+  (tmp_path / "jobs.jsonl").write_bytes('{"prompt": "un carré"}\r\n{"task": "t2i"}\n'.encode())
+  read = {}
+  for root in (str(tmp_path), f"{BUCKET}/text"):
+    for name in ("prompts.txt", "jobs.jsonl"):
+      if root != str(tmp_path):
+        paths.copy_file(tmp_path / name, f"{root}/{name}")
+    cfg = base_config()
+    cfg.sample.prompts_file, cfg.sample.jobs_file = f"{root}/prompts.txt", f"{root}/jobs.jsonl"
+    jobs = [(job.sample.prompt, job.sample.task) for _, job in sample_jobs(cfg)]
+    read[root] = sample.read_prompts(cfg.sample), jobs
+  want, got = read.values()
+  assert got == want == (["un carré rouge", "a blue circle"],
+                         [("un carré", "t2v"), ("a red circle moving left", "t2i")])
+  _no_local_gs(cwd)
