@@ -4,8 +4,8 @@ Every problem is a `ConfigError` whose message is one line naming the field, the
 value and what is allowed, so the entry point can print it and exit.
 """
 import copy
+import io
 import json
-import os
 import re
 
 from sora_jax import paths
@@ -161,7 +161,7 @@ def check(cfg, mode: str) -> None:
                       "data.fps > 0")
   if cfg.data.name == "video_folder" and mode == "data" and not cfg.data.video_dir:
     raise ConfigError("data.name='video_folder' needs data.video_dir=FOLDER of videos + captions")
-  if cfg.data.video_dir and not os.path.isdir(cfg.data.video_dir):
+  if cfg.data.video_dir and not paths.path(cfg.data.video_dir).is_dir():
     raise ConfigError(f"data.video_dir={cfg.data.video_dir!r} is not a folder")
   _one_of("data.caption_field", cfg.data.caption_field, ("caption", "prompt", "both"))
   if cfg.data.batch_size < 1:
@@ -213,7 +213,7 @@ def check(cfg, mode: str) -> None:
   for k in ("data", "fsdp", "sequence", "tensor"):
     if cfg.mesh[k] == 0 or cfg.mesh[k] < -1:
       raise ConfigError(f"mesh.{k}={cfg.mesh[k]} must be a positive size or -1 (fill)")
-  if cfg.weights and not os.path.isdir(cfg.weights):
+  if cfg.weights and not paths.path(cfg.weights).is_dir():
     raise ConfigError(f"weights={cfg.weights!r} is not a folder; download a Wan 2.1 diffusers "
                       "folder first (docs/open_weights.md)")
   if cfg.train.init_from:
@@ -313,7 +313,7 @@ def _check_sample(cfg, mode: str) -> None:
     for field in needs.get(s.task, ()):
       if not s[field]:
         raise ConfigError(f"sample.task={s.task!r} needs sample.{field}=PATH")
-      if not os.path.isfile(s[field]):
+      if not paths.path(s[field]).is_file():
         raise ConfigError(f"sample.{field}={s[field]!r} does not exist")
 
 
@@ -345,7 +345,7 @@ def sample_jobs(cfg) -> list:
   if not paths.path(path).is_file():
     raise ConfigError(f"sample.jobs_file={path!r} does not exist")
   jobs = []
-  with paths.path(path).open(encoding="utf-8") as f:
+  with io.StringIO(paths.read_text(path)) as f:
     for n, line in enumerate(f, 1):
       if not line.strip():
         continue

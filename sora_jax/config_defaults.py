@@ -30,7 +30,7 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.data.seed = 0  # ShapesWorld content seed (apart from `seed`, so new runs reuse built data).
   cfg.data.build_workers = 0  # Processes rendering / decoding clips in --mode=data (0: all cores).
   cfg.data.fps = 8  # Frames per second clips are resampled to / written at.
-  cfg.data.video_dir = ""  # video_folder: folder of videos + captions.
+  cfg.data.video_dir = ""  # video_folder: folder (local or gs://) of videos + captions.
   cfg.data.val_fraction = 0.05  # video_folder: share of videos (at least one) held out for validation.
   cfg.data.clips_per_video = 0  # video_folder: most clips cut from one video (0: all that fit).
   cfg.data.caption_field = "both"  # Text that conditions training: "caption", "prompt", or "both" (per sample, 50:50).
@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- text encoder
   cfg.text = C()
   cfg.text.encoder = "minilm"  # 'minilm' (all-MiniLM-L6-v2), 'umt5' or 't5' (Flax, local weights).
-  cfg.text.path = ""  # Local folder of HF safetensors for umt5/t5; '' for minilm (package).
+  cfg.text.path = ""  # Folder (local or gs://) of HF safetensors for umt5/t5; '' for minilm (package).
   # Tokens kept per caption (padded / truncated). ShapesWorld captions run to ~80 MiniLM
   # tokens (two objects); at 32 every two-object caption lost its end. Encode reports any cut.
   cfg.text.max_length = 80
@@ -250,9 +250,9 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.compile.search = False  # Rank the planner's layouts, compile the best few, print those that fit.
   cfg.compile.search_top = 3  # How many of the planner's best layouts the search compiles.
 
-  # Open weights: a Wan 2.1 diffusers folder (transformer/, vae/, text_encoder/, tokenizer/).
-  # Set, the DiT/VAE/text encoder come from it instead of workdir checkpoints; see
-  # configs/wan2_1_*.py and docs/open_weights.md.
+  # Open weights: a Wan 2.1 diffusers folder, local or gs:// (transformer/, vae/,
+  # text_encoder/, tokenizer/). Set, the DiT/VAE/text encoder come from it instead of
+  # workdir checkpoints; see configs/wan2_1_*.py and docs/open_weights.md.
   cfg.weights = ""
   # Locked: a config file (or code) setting a key that is not above fails at once (a
   # typo would otherwise add a field nothing reads). Values stay changeable.

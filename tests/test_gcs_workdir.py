@@ -1,5 +1,5 @@
 """A run whose workdir is a bucket: `--workdir=gs://test-bucket/run` against a local GCS
-emulator (gcp-storage-emulator, in this process on a free port).
+emulator (gcp-storage-emulator, in this process on a free port: conftest.py's `gcs`).
 
 data -> train_vae -> encode -> train (SIGTERM mid-run) -> train (resume) -> sample -> eval
 all read and write the bucket; the same train and sample on a local copy of the inputs
@@ -10,7 +10,6 @@ imported (docs/scaling.md); without one it waits for real GCS, so every run has 
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,8 +18,7 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUCKET = "test-bucket"
-RUN = f"gs://{BUCKET}/run"
+RUN = "gs://test-bucket/run"  # conftest.py's `gcs` fixture serves test-bucket
 STEPS = 6
 TINY = [
     "--config.data.num_train=16", "--config.data.num_val=4", "--config.data.batch_size=4",
@@ -37,55 +35,6 @@ TINY = [
 ]
 
 pytestmark = pytest.mark.slow
-
-
-def _serve_generations():
-  """The emulator leaves out the `x-goog-generation` header that GCS sends with every
-  download; tensorstore's OCDBT (orbax's array format) needs it once a checkpoint has
-  more than a few dozen arrays ("Malformed StorageGeneration"). Add it."""
-  from gcp_storage_emulator import server  # pylint: disable=g-import-not-at-top
-  from gcp_storage_emulator.handlers import objects  # pylint: disable=g-import-not-at-top
-  plain = objects.download
-
-  def download(request, response, storage, *args, **kwargs):
-    plain(request, response, storage, *args, **kwargs)
-    try:
-      obj = storage.get_file_obj(request.params["bucket_name"], request.params["object_id"])
-    except Exception:  # pylint: disable=broad-except
-      return  # not found: the response already says so
-    response["x-goog-generation"] = obj["generation"]
-    response["x-goog-metageneration"] = obj["metageneration"]
-
-  objects.download = download  # objects.get calls it for ?alt=media
-  for _, handlers in server.HANDLERS:
-    for method, fn in list(handlers.items()):
-      if fn is plain:
-        handlers[method] = download
-
-
-@pytest.fixture(scope="session")
-def gcs():
-  """The emulator's endpoint variables (one per client), set in this process too."""
-  pytest.importorskip("gcp_storage_emulator")
-  from gcp_storage_emulator.server import create_server  # pylint: disable=g-import-not-at-top
-  _serve_generations()
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-  server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
-  server.start()
-  url = f"http://127.0.0.1:{port}"
-  env = {"TENSORSTORE_GCS_HTTP_URL": url, "STORAGE_EMULATOR_HOST": url,
-         "CLOUD_STORAGE_EMULATOR_ENDPOINT": url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)
-  yield env
-  for k, v in saved.items():
-    if v is None:
-      os.environ.pop(k, None)
-    else:
-      os.environ[k] = v
-  server.stop()
 
 
 def _command(workdir, *args):

@@ -8,14 +8,19 @@ reads bfloat16 too, but whole files into memory; `safe_open(..., framework="np")
 lazily through its own slice objects, not arrays.) `write_file` streams tensors out one at
 a time (exported fine-tuned checkpoints); tests/test_safetensors_io.py checks both against
 the safetensors library.
+
+Paths may be bucket URLs (sora_jax.paths): a bucket file is copied to a local temporary
+file first (memory-mapping needs one; deleted at once, its data live while mapped), so a
+host reads the whole of it from the bucket and needs that much free local disk. A bucket
+destination is written locally, then uploaded.
 """
-import glob
 import json
-import os
 import struct
 
 import ml_dtypes
 import numpy as np
+
+from sora_jax import paths
 
 _DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
@@ -27,11 +32,12 @@ _DTYPES = {
 
 def read_file(path: str) -> dict[str, np.ndarray]:
   """One .safetensors file -> {name: read-only memory-mapped array}."""
-  with open(path, "rb") as f:
-    (n,) = struct.unpack("<Q", f.read(8))
-    header = json.loads(f.read(n))
+  with paths.local_file(path) as local:
+    with open(local, "rb") as f:
+      (n,) = struct.unpack("<Q", f.read(8))
+      header = json.loads(f.read(n))
+    data = np.memmap(local, dtype=np.uint8, mode="r", offset=8 + n)
   header.pop("__metadata__", None)
-  data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + n)
   out = {}
   for name, info in header.items():
     if info["dtype"] not in _DTYPES:
@@ -43,10 +49,11 @@ def read_file(path: str) -> dict[str, np.ndarray]:
 
 def read_tensors(path: str) -> dict[str, np.ndarray]:
   """A .safetensors file, or every *.safetensors in a folder (sharded checkpoints), merged."""
-  if os.path.isfile(path):
+  p = paths.path(path)
+  if p.is_file():
     files = [path]
-  elif os.path.isdir(path):
-    files = sorted(glob.glob(os.path.join(path, "*.safetensors")))
+  elif p.is_dir():
+    files = sorted(str(f) for f in p.glob("*.safetensors"))
     if not files:
       raise FileNotFoundError(f"no *.safetensors files in {path}")
   else:
@@ -68,7 +75,8 @@ def write_file(path: str, tensors: dict, metadata: dict[str, str] | None = None)
 
   tensors: name -> array, or name -> (shape, dtype, produce) where `produce()` returns the
   array only when it is written, so a large file never has to be in memory at once.
-  Written to `path` + '.tmp' and renamed, so a crash leaves no partial file under `path`.
+  Written through `paths.atomic_writer` (locally `path` + '.tmp', then renamed), so a crash
+  leaves no partial file under `path`.
   """
   specs = {}
   for name, t in tensors.items():
@@ -88,8 +96,7 @@ def write_file(path: str, tensors: dict, metadata: dict[str, str] | None = None)
     header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
   blob = json.dumps(header, separators=(",", ":")).encode()
   blob += b" " * (-len(blob) % 8)  # The format pads the header to 8-byte alignment.
-  tmp = path + ".tmp"
-  with open(tmp, "wb") as f:
+  with paths.atomic_writer(path) as f:
     f.write(struct.pack("<Q", len(blob)))
     f.write(blob)
     for name, (shape, dtype, produce) in specs.items():
@@ -97,4 +104,3 @@ def write_file(path: str, tensors: dict, metadata: dict[str, str] | None = None)
       if arr.shape != shape:
         raise ValueError(f"tensor {name!r} was declared {shape} but produced {arr.shape}")
       f.write(arr.tobytes())
-  os.replace(tmp, path)

@@ -10,13 +10,13 @@ become channels-last (kt, kh, kw, I, O) kernels, 1x1 attention convs become Dens
 kernels, RMS-norm `gamma`s become `scale` vectors.
 """
 import json
-import os
 import re
 
 import flax.linen as nn
 import jax
 import numpy as np
 
+from sora_jax import paths
 from sora_jax.models.vae import WanVAE
 
 _LEAF_TO_FLAX = {"weight": "kernel", "bias": "bias", "gamma": "scale"}
@@ -188,17 +188,20 @@ def _flatten(tree, prefix=()):
 
 
 def load_state_dict(path: str) -> dict:
-  """Tensors of a `.safetensors` or (original Wan) `.pth` file as numpy arrays."""
+  """Tensors of a `.safetensors` or (original Wan) `.pth` file as numpy arrays (a bucket
+  file is read through a temporary local copy)."""
   if path.endswith(".safetensors"):
     from safetensors.numpy import load_file
-    return load_file(path)
+    with paths.local_file(path) as local:
+      return load_file(local)
   if path.endswith((".pth", ".pt", ".bin")):
     try:
       import torch
     except ImportError as e:
       raise ImportError(f"reading {path} needs torch (pip install torch), or convert it to "
                         f".safetensors first") from e
-    sd = torch.load(path, map_location="cpu", weights_only=True)
+    with paths.local_file(path) as local:
+      sd = torch.load(local, map_location="cpu", weights_only=True)
     return {k: v.float().numpy() for k, v in sd.items()}
   raise ValueError(f"{path!r}: expected a .safetensors or .pth file, or a diffusers vae/ folder")
 
@@ -208,18 +211,18 @@ def load_wan_vae(path: str, vae: WanVAE | None = None) -> tuple[WanVAE, dict]:
   `Wan2.1_VAE.pth` or a `.safetensors` file. Without a config.json, `vae` (default: the
   Wan 2.1 sizes, `WanVAE()`) says the architecture.
   """
-  if os.path.isdir(path):
+  if paths.path(path).is_dir():
     for sub in ("", "vae"):
-      folder = os.path.join(path, sub)
-      if os.path.isfile(os.path.join(folder, "config.json")):
-        with open(os.path.join(folder, "config.json")) as f:
-          vae = WanVAE(**vae_kwargs_from_diffusers_config(json.load(f)))
-        files = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors"))
+      folder = paths.path(path) / sub
+      if (folder / "config.json").is_file():
+        config = json.loads(paths.read_text(folder / "config.json"))
+        vae = WanVAE(**vae_kwargs_from_diffusers_config(config))
+        files = sorted(f.name for f in folder.iterdir() if f.name.endswith(".safetensors"))
         if not files:
           raise ValueError(f"{folder} has a config.json but no .safetensors weights")
         state = {}
         for n in files:
-          state.update(load_state_dict(os.path.join(folder, n)))
+          state.update(load_state_dict(str(folder / n)))
         return vae, convert_state_dict(state, vae)
     raise ValueError(f"{path!r} is a folder without config.json (or vae/config.json)")
   vae = vae or WanVAE()

@@ -1,7 +1,8 @@
 """A folder of user videos + captions as a TFDS data set (array_record, no TensorFlow).
 
-Input: `config.data.video_dir`, searched recursively for videos (mp4, webm, mov, avi, mkv,
-m4v, gif) and stills (png, jpg: one-frame videos), each with a caption from
+Input: `config.data.video_dir` (a local folder or a bucket URL, sora_jax.paths), searched
+recursively for videos (mp4, webm, mov, avi, mkv, m4v, gif) and stills (png, jpg:
+one-frame videos), each with a caption from
   - `NAME.txt` beside `NAME.mp4`, or
   - one `captions.jsonl` at the top ({"file": "relative/path.mp4", "caption": "..."}), or
   - one `captions.csv` at the top (`file,caption` rows; a header row is optional).
@@ -22,6 +23,7 @@ caption and spec = "{}".
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -35,6 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from sora_jax import config_check
+from sora_jax import paths
 from sora_jax.data import tfds_shapes
 from sora_jax.data import video_io
 
@@ -52,8 +55,8 @@ def _read_caption_tables(root: str) -> dict[str, str]:
   """relative path -> caption from captions.jsonl / captions.csv at the folder's top."""
   table = {}
   jsonl = os.path.join(root, "captions.jsonl")
-  if os.path.isfile(jsonl):
-    with open(jsonl, encoding="utf-8") as f:
+  if paths.path(jsonl).is_file():
+    with io.StringIO(paths.read_text(jsonl)) as f:
       for n, line in enumerate(f, 1):
         if not line.strip():
           continue
@@ -64,8 +67,9 @@ def _read_caption_tables(root: str) -> dict[str, str]:
           raise config_check.ConfigError(
               f"{jsonl} line {n} is not a JSON object with 'file' and 'caption': {e}") from e
   csv_path = os.path.join(root, "captions.csv")
-  if os.path.isfile(csv_path):
-    with open(csv_path, encoding="utf-8", newline="") as f:
+  if paths.path(csv_path).is_file():
+    # newline="" as the csv module asks: quoted fields may hold line breaks.
+    with io.StringIO(paths.read_text(csv_path, newline=""), newline="") as f:
       for n, row in enumerate(csv.reader(f), 1):
         if not row or (n == 1 and [c.strip().lower() for c in row[:2]] == ["file", "caption"]):
           continue
@@ -81,11 +85,11 @@ def find_captioned_files(root: str) -> list[tuple[str, str]]:
   Raises MissingCaptionsError naming every media file without a (non-empty) caption.
   """
   media = []
-  for d, dirs, files in os.walk(root):
+  for d, dirs, files in paths.walk(root):
     dirs.sort()
     for name in sorted(files):
       if name.lower().endswith(VIDEO_EXTS + STILL_EXTS) and not name.startswith("."):
-        media.append(os.path.relpath(os.path.join(d, name), root))
+        media.append(os.path.join(d, name))
   if not media:
     raise config_check.ConfigError(
         f"data.video_dir={root!r} holds no videos ({', '.join(VIDEO_EXTS + STILL_EXTS)})")
@@ -94,9 +98,8 @@ def find_captioned_files(root: str) -> list[tuple[str, str]]:
   for rel in media:
     txt = os.path.join(root, os.path.splitext(rel)[0] + ".txt")
     caption = table.get(os.path.normpath(rel), "")
-    if os.path.isfile(txt):
-      with open(txt, encoding="utf-8") as f:
-        caption = f.read().strip()
+    if paths.path(txt).is_file():
+      caption = paths.read_text(txt).strip()
     (out if caption else missing).append((rel, caption))
   if missing:
     names = ", ".join(rel for rel, _ in missing)
@@ -124,12 +127,12 @@ def config_from_cfg(data_cfg) -> VideoFolderConfig:
 
   Lists the folder and checks captions (MissingCaptionsError) but decodes nothing.
   """
-  root = os.path.abspath(data_cfg.video_dir)
+  root = str(paths.path(data_cfg.video_dir))
   files = tuple(find_captioned_files(root))
   buckets = tuple(config_check.parse_buckets(data_cfg.buckets))
   h = hashlib.sha1()
   for rel, caption in files:
-    h.update(f"{rel}\0{os.path.getsize(os.path.join(root, rel))}\0{caption}\0".encode())
+    h.update(f"{rel}\0{paths.path(os.path.join(root, rel)).stat().length}\0{caption}\0".encode())
   h.update(f"{data_cfg.val_fraction}\0{data_cfg.clips_per_video}\0{data_cfg.seed}".encode())
   slug = re.sub(r"[^A-Za-z0-9]+", "-", os.path.basename(root)).strip("-") or "videos"
   name = (f"{slug}_b{tfds_shapes.bucket_string(buckets)}_fps{float(data_cfg.fps):g}"

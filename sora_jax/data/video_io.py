@@ -11,15 +11,18 @@ Arrays are uint8 RGB, `video_THWC` (frames, height, width, 3); an image is `HWC`
   otherwise one median-cut palette for the whole clip (no per-frame flicker).
 - `read_video`: mp4 / webm / mov / avi / gif (anything FFmpeg demuxes), optionally
   resampled to a frame rate by nearest-in-time frame selection. Corrupt, truncated or
-  empty files raise `VideoReadError` naming the file and the reason.
+  empty files raise `VideoReadError` naming the file and the reason. A bucket file
+  (gs://...) is decoded from a temporary local copy (FFmpeg reads local files; a Python
+  file object streaming from the bucket decoded slower and broke the emulator's pipes).
 """
 from collections.abc import Iterator
 import fractions
-import os
 import re
 
 import av
 import numpy as np
+
+from sora_jax import paths
 
 # Where `write_mp4` records the unpadded size: `sora_jax size=HxW`.
 _SIZE_TAG = re.compile(r"sora_jax size=(\d+)x(\d+)")
@@ -144,12 +147,14 @@ def _resample(frames: Iterator[tuple[float, float | None, av.VideoFrame]], fps: 
 
 def _open(path: str):
   """(container, its first video stream), or VideoReadError."""
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise VideoReadError(path, "no such file")
-  try:
-    container = av.open(path)
-  except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
-    raise VideoReadError(path, str(e)) from e
+  # The container keeps its own descriptor: the local copy may be deleted once it is open.
+  with paths.local_file(path) as local:
+    try:
+      container = av.open(local)
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+      raise VideoReadError(path, str(e).replace(local, str(path))) from e
   if not container.streams.video:
     container.close()
     raise VideoReadError(path, "no video stream (not a video, or cut off before its index)")

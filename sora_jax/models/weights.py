@@ -2,7 +2,8 @@
 
     dit_params, vae_params, text_encoder, (mu, sigma) = load_open_weights(cfg)
 
-`cfg.weights` is a local copy of e.g. Wan-AI/Wan2.1-T2V-1.3B-Diffusers (docs/open_weights.md):
+`cfg.weights` is a copy (a local folder or a bucket URL, sora_jax.paths) of e.g.
+Wan-AI/Wan2.1-T2V-1.3B-Diffusers (docs/open_weights.md):
   transformer/   config.json + diffusion_pytorch_model*.safetensors  (WanTransformer3DModel)
   vae/           config.json + diffusion_pytorch_model.safetensors   (AutoencoderKLWan)
   text_encoder/  config.json + model*.safetensors                    (UMT5EncoderModel)
@@ -14,8 +15,9 @@ mis-shaped or unused one). All such problems surface as one-line `ConfigError`s.
 Sharded loading: safetensors are memory-mapped and each DiT parameter is built with
 `jax.make_array_from_callback` under the sharding its logical axis names get from
 `config.mesh.rules`, so a host reads (and converts) only the slices its own devices hold;
-a 14B checkpoint never has to fit in one host's memory. The VAE (127M parameters) and the
-text encoder are loaded whole onto the default device.
+a 14B checkpoint never has to fit in one host's memory (from a bucket, each host first
+copies the files to its local disk: sora_jax.convert.safetensors_io). The VAE (127M
+parameters) and the text encoder are loaded whole onto the default device.
 
 Latent normalisation: z_norm = (z - mu) / sigma with the config's `vae.latents_mean/std`
 (Wan's published per-channel statistics) or, when the config has none, the VAE folder's
@@ -55,11 +57,11 @@ class OpenWeights(NamedTuple):
 def folder(cfg, part: str) -> str:
   """cfg.weights/part, or a ConfigError naming what is missing and how to get it."""
   root = cfg.weights
-  if not root or not os.path.isdir(root):
+  if not root or not paths.path(root).is_dir():
     raise ConfigError(f"weights={root!r} is not a folder; download the weights first: {_DOWNLOAD}")
   path = os.path.join(root, part)
-  if not os.path.isdir(path):
-    have = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+  if not paths.path(path).is_dir():
+    have = sorted(d.name for d in paths.path(root).iterdir() if d.is_dir())
     raise ConfigError(f"weights={root!r} has no {part}/ folder (it has {have}); point "
                       "--config.weights at the diffusers-layout root with "
                       f"{', '.join(SUBFOLDERS)}/")
@@ -67,10 +69,9 @@ def folder(cfg, part: str) -> str:
 
 
 def _read_json(path: str) -> dict:
-  if not os.path.isfile(path):
+  if not paths.path(path).is_file():
     raise ConfigError(f"{path} is missing; is the weights folder a complete diffusers download?")
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(paths.read_text(path))
 
 
 def _mismatch(where: str, theirs: str, ours: str) -> ConfigError:

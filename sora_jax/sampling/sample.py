@@ -249,7 +249,7 @@ def load_inputs(s) -> dict:
 
 def read_prompts(s) -> list[str]:
   if s.prompts_file:
-    text = paths.path(s.prompts_file).read_text(encoding="utf-8")
+    text = paths.read_text(s.prompts_file)
     prompts = [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
       raise ConfigError(f"sample.prompts_file={s.prompts_file!r} has no prompts")

@@ -27,7 +27,6 @@ Export: `export_merged` writes W + (alpha/r) A @ B back into a diffusers-layout 
 """
 import json
 import os
-import shutil
 
 import flax.linen as nn
 import jax
@@ -156,7 +155,8 @@ def export_merged(cfg, workdir: str, out_dir: str, use_ema: bool = True) -> str:
 
   transformer/ gets the merged safetensors (each tensor in the base file's dtype, merged in
   float32) and the base's config.json; the other components are symlinked to the base
-  folder's and model_index.json is copied, so `--config.weights=out_dir` (and diffusers'
+  folder's (copied where either folder is on a bucket, which has no links) and
+  model_index.json is copied, so `--config.weights=out_dir` (and diffusers'
   `WanPipeline.from_pretrained(out_dir)`) load the fine-tuned model. Streams tensor by
   tensor: host memory stays at one tensor, whatever the model size.
   """
@@ -184,23 +184,24 @@ def export_merged(cfg, workdir: str, out_dir: str, use_ema: bool = True) -> str:
     merged = np.asarray(w, np.float32) + np.asarray(delta(*pairs[name], s)).T
     return merged.astype(w.dtype)
 
-  os.makedirs(os.path.join(out_dir, "transformer"), exist_ok=True)
+  out = paths.path(out_dir)
+  (out / "transformer").mkdir(parents=True, exist_ok=True)
   safetensors_io.write_file(
-      os.path.join(out_dir, "transformer", "diffusion_pytorch_model.safetensors"),
+      str(out / "transformer" / "diffusion_pytorch_model.safetensors"),
       {name: (sd[name].shape, sd[name].dtype, lambda n=name: produce(n)) for name in sorted(sd)},
       metadata={"format": "pt", "lora_step": str(step)})
-  shutil.copy(os.path.join(src, "config.json"), os.path.join(out_dir, "transformer"))
-  root = os.path.abspath(cfg.weights)
-  for entry in sorted(os.listdir(root)):
-    target = os.path.join(out_dir, entry)
-    if entry == "transformer" or os.path.lexists(target):
+  paths.copy_file(os.path.join(src, "config.json"), out / "transformer" / "config.json")
+  root = paths.path(cfg.weights)
+  for entry in sorted(p.name for p in root.iterdir()):
+    if entry == "transformer":
       continue
     if entry == "model_index.json":
-      shutil.copy(os.path.join(root, entry), target)
+      if not (out / entry).exists():
+        paths.copy_file(root / entry, out / entry)
     else:
-      os.symlink(os.path.join(root, entry), target)
-  with open(os.path.join(out_dir, "transformer", "lora_merged.json"), "w") as f:
-    json.dump({"base": root, "workdir": os.path.abspath(workdir), "step": int(step),
-               "use_ema": use_ema, "lora_rank": cfg.train.lora_rank,
-               "lora_alpha": cfg.train.lora_alpha, "lora_targets": cfg.train.lora_targets}, f)
+      paths.link_or_copy(str(root / entry), str(out / entry))
+  (out / "transformer" / "lora_merged.json").write_text(json.dumps(
+      {"base": str(root), "workdir": str(paths.path(workdir)), "step": int(step),
+       "use_ema": use_ema, "lora_rank": cfg.train.lora_rank,
+       "lora_alpha": cfg.train.lora_alpha, "lora_targets": cfg.train.lora_targets}))
   return out_dir
