@@ -39,6 +39,20 @@ def test_match_split_by_object_count():
   assert summary["n_two_objects"] == sum(two) and summary["n_one_object"] == len(two) - sum(two)
   assert summary["match_two_objects"] == 0.0 and summary["match_one_object"] >= 0.9
   assert summary["match"] == pytest.approx(summary["match_one_object"] * summary["n_one_object"] / len(two))
+  # Per check and object count: a blank clip finds no object, so it fails the count (and
+  # names nothing else); the single-object clips pass their checks.
+  assert summary["checks_two_objects"]["count"] == 0.0
+  assert all(v is None or v >= 0.9 for v in summary["checks_one_object"].values())
+  # Each check's overall rate is the two splits' rates weighted by the clips naming it.
+  scores = [sd.score(v, s) for v, s in zip(videos, specs)]
+  for key in sd.CHECKS:
+    named = {k: sum(sc[key] is not None for sc, t in zip(scores, two) if t == (k == 2))
+             for k in (1, 2)}
+    if not named[1] + named[2]:
+      continue
+    mix = sum(named[k] * (summary[f"checks_{n}"][key] or 0.0)
+              for k, n in ((1, "one_object"), (2, "two_objects"))) / (named[1] + named[2])
+    assert summary[key] == pytest.approx(mix), key
   only_one = sd.adherence([c["video"] for c, t in zip(clips, two) if not t],
                           [s for s, t in zip(specs, two) if not t])
   assert only_one["match_two_objects"] is None and only_one["n_two_objects"] == 0

@@ -81,7 +81,7 @@ def adherence_figures(pipe: VideoPipeline, examples: list[dict], cfg) -> dict:
                              s.batch_size)
   model, truth = figures["model"], figures["ground_truth"]
   ratio = {k: (model[k] / truth[k] if model.get(k) is not None and truth.get(k) else None)
-           for k in truth if k != "n"}
+           for k in truth if k != "n" and not isinstance(truth[k], dict)}
   return {**figures, "ratio": ratio, "frames": t, "height": h, "width": w}, videos
 
 

@@ -357,8 +357,10 @@ def adherence(videos, specs) -> dict:
   """Summary over clips: 'match' rate, per-attribute rates ('color', 'shape', 'size',
   'motion', 'position', 'permanence', 'count', 'background'; each over the clips that name
   it, None where none does), 'match_one_object' / 'match_two_objects' (the match rate over
-  the clips naming one / two objects; None where there are none) and 'n', 'n_one_object',
-  'n_two_objects'. `videos`: iterable of uint8 (T, H, W, 3)."""
+  the clips naming one / two objects; None where there are none), 'checks_one_object' /
+  'checks_two_objects' (each check's pass rate over those clips: which attributes fail when
+  a prompt names two subjects) and 'n', 'n_one_object', 'n_two_objects'. `videos`:
+  iterable of uint8 (T, H, W, 3)."""
   specs = list(specs)
   return summarize([score(v, s) for v, s in zip(videos, specs, strict=True)], specs)
 
@@ -378,7 +380,12 @@ def summarize(scores: list[dict], specs) -> dict:
     vals = [s[key] for s in scores if s[key] is not None]
     out[key] = float(np.mean(vals)) if vals else None
   for k, name in ((1, "one_object"), (2, "two_objects")):
-    vals = [s["match"] for s, sp in zip(scores, specs) if len(sp["objects"]) == k]
-    out[f"match_{name}"] = float(np.mean(vals)) if vals else None
-    out[f"n_{name}"] = len(vals)
+    chosen = [s for s, sp in zip(scores, specs) if len(sp["objects"]) == k]
+    out[f"match_{name}"] = float(np.mean([s["match"] for s in chosen])) if chosen else None
+    out[f"n_{name}"] = len(chosen)
+    checks = {}
+    for key in CHECKS:
+      vals = [s[key] for s in chosen if s[key] is not None]
+      checks[key] = float(np.mean(vals)) if vals else None
+    out[f"checks_{name}"] = checks
   return out
