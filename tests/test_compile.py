@@ -54,7 +54,7 @@ def fsdp_tensor(tmp_path_factory):
   """v5e:2x2, fsdp 2 x tensor 2, through the mode itself; the chip's HBM is set between
   the two programs' totals, so the train step must be refused and the sample step kept."""
   from sora_jax.parallel import aot, chips
-  workdir = tmp_path_factory.mktemp("compile")
+  workdir = tmp_path_factory.mktemp("compile") / "not" / "made"  # aot.run makes it
   cfg = tiny(fsdp=2, tensor=2)
   cfg.compile.topology = "v5e:2x2"
   real = chips.CHIPS["v5e"]

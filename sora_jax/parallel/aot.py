@@ -501,6 +501,7 @@ def run(cfg, workdir: str) -> None:
   # This host's own devices are never used: keep JAX off any local TPU (a TPU VM can run
   # this too) so only the topology's compile-only devices are in play.
   jax.config.update("jax_platforms", "cpu")
+  paths.path(workdir).mkdir(parents=True, exist_ok=True)  # as the CLI does (main.py)
   if c.search:
     from sora_jax.parallel import layout_search  # pylint: disable=g-import-not-at-top
     layout_search.run(cfg, workdir)
