@@ -184,6 +184,9 @@ def check(cfg, mode: str) -> None:
   _one_of("dit.attention", cfg.dit.attention, ATTENTION)
   if cfg.dit.attention_block < 1:
     raise ConfigError(f"dit.attention_block={cfg.dit.attention_block} must be >= 1 (tokens)")
+  if cfg.dit.scan_unroll < 0:
+    raise ConfigError(f"dit.scan_unroll={cfg.dit.scan_unroll}: give a number of layers per scan "
+                      "iteration, or 0 for all of them")
   _one_of("dit.remat_policy", cfg.dit.remat_policy, REMAT)
   _one_of("dit.dtype", cfg.dit.dtype, DTYPES)
   _one_of("dit.param_dtype", cfg.dit.param_dtype, DTYPES)

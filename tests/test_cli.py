@@ -32,6 +32,7 @@ def _run(*args):
      "starts from sample.image"),
     (["--config.data.buckets=17x32"], "FRAMESxHEIGHTxWIDTH"),
     (["--config.dit.attention=flashy"], "blockwise"),
+    (["--mode=train", "--config.dit.scan_unroll=-1"], "scan_unroll=-1"),
     (["--mode=train", "--config.train.init_from=/no/such/run"], "train.init_from"),
     (["--mode=train_vae", "--config.vae_train.crop_size=10"], "crop_size=10"),
     (["--mode=compile", "--config.compile.programs=train,eval"], "compile.programs"),
