@@ -60,7 +60,7 @@ def main(argv):
   result = {"workdir": _WORKDIR.value, "step": int(step), "bucket": _BUCKET.value,
             "seen_records": _SEEN.value, "timesteps": list(ts)}
   for name, batches in sets.items():
-    losses = trainer.eval_losses({"ema": ema}, [trainer.to_device(b) for b in batches])
+    losses = trainer.eval_losses({"ema": ema}, trainer.eval_to_device(batches))
     result[name] = {"clips": int(sum(b["mask"].sum() for b in batches)),
                     "eval_loss": float(np.mean(losses)),
                     "by_t": {f"{t:g}": float(v) for t, v in zip(ts, losses)}}

@@ -128,9 +128,8 @@ def write_bytes_atomic(p, data: bytes) -> None:
   if is_remote(p):
     p.write_bytes(data)
     return
-  tmp = p.parent / (p.name + ".tmp")
-  tmp.write_bytes(data)
-  tmp.rename(p)
+  with atomic_writer(p) as f:
+    f.write(data)
 
 
 @contextlib.contextmanager

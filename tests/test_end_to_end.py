@@ -356,7 +356,7 @@ def test_dit_logs_a_held_out_loss_that_any_recipe_can_compare(workdir):
     trainer = train.make_trainer(cfg, workdir, mesh_lib.make_mesh(cfg.mesh, jax.devices()[:1]))
     batches = encode.fixed_batches(cfg, workdir, "validation", cfg.train.eval_clips)
     state = state if state is not None else trainer.init_state()
-    return trainer.eval_losses(state, [trainer.to_device(b) for b in batches]), batches, stats
+    return trainer.eval_losses(state, trainer.eval_to_device(batches)), batches, stats
 
   cfg = tiny_config()
   # The logged figure of step 4 is what its checkpointed EMA weights score.

@@ -13,7 +13,6 @@ array_record data set is assembled from the staged chunks in the source's record
 (bucket-major, as the source). Process p encodes chunks i ≡ p (mod process_count).
 """
 import io
-import itertools
 import json
 import time
 
@@ -174,8 +173,6 @@ def batches_in_fixed_order(cfg, source, ids_R, num_clips: int) -> list[dict]:
   it = pipeline.make_loader(source, ids_R, batch_size=b, seed=EVAL_SEED,
                             process_index=jax.process_index(),
                             process_count=jax.process_count(), repeat=False, prefetch=0)
-  rows = slice(jax.process_index() * (b // jax.process_count()),
-               (jax.process_index() + 1) * (b // jax.process_count()))
   out, seen = [], 0
   for step in range(len(it.plan)):
     if seen >= num_clips:
@@ -184,7 +181,7 @@ def batches_in_fixed_order(cfg, source, ids_R, num_clips: int) -> list[dict]:
     keep = valid & (seen + np.cumsum(valid) <= num_clips)
     seen += int(keep.sum())
     batch = next(it)
-    batch["mask"] = keep[rows]
+    batch["mask"] = keep[it.rows]
     out.append(batch)
   return out
 

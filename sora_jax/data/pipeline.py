@@ -275,6 +275,11 @@ class BatchIterator:
     self._step += 1
     return batch
 
+  @property
+  def rows(self) -> slice:
+    """This process's rows of every global batch."""
+    return self._load.rows
+
   def get_state(self) -> dict[str, Any]:
     return {"step": self._step, "plan": self.plan.fingerprint()}
 

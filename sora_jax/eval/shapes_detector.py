@@ -377,15 +377,16 @@ def summarize(scores: list[dict], specs) -> dict:
     raise ValueError(f"{len(scores)} scores for {len(specs)} specs: give one score per spec")
   out = {"n": len(scores)}
   for key in ("match",) + CHECKS + ("background",):
-    vals = [s[key] for s in scores if s[key] is not None]
-    out[key] = float(np.mean(vals)) if vals else None
+    out[key] = _rate(scores, key)
   for k, name in ((1, "one_object"), (2, "two_objects")):
     chosen = [s for s, sp in zip(scores, specs) if len(sp["objects"]) == k]
-    out[f"match_{name}"] = float(np.mean([s["match"] for s in chosen])) if chosen else None
+    out[f"match_{name}"] = _rate(chosen, "match")
     out[f"n_{name}"] = len(chosen)
-    checks = {}
-    for key in CHECKS:
-      vals = [s[key] for s in chosen if s[key] is not None]
-      checks[key] = float(np.mean(vals)) if vals else None
-    out[f"checks_{name}"] = checks
+    out[f"checks_{name}"] = {key: _rate(chosen, key) for key in CHECKS}
   return out
+
+
+def _rate(scores: list[dict], key: str) -> float | None:
+  """Mean of `key` over the scores that name it (not None); None where none does."""
+  vals = [s[key] for s in scores if s[key] is not None]
+  return float(np.mean(vals)) if vals else None

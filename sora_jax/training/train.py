@@ -40,22 +40,28 @@ EVAL_NOISE_SEED = 1206  # Noise and text choice of the held-out evaluation (inde
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
 
 
+# What a train step reads of a batch (to_device moves nothing else to the devices).
+_BATCH_KEYS = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb",
+               "prompt_mask")
+
+
 def choose_text(rng, batch: dict, field: str):
   """(emb_BLD, mask_BL) from the caption, the prompt, or per sample one of them ('both')."""
   if field != "both":
     e, m = TEXT_KEYS[field]
     return batch[e].astype(jnp.float32), batch[m].astype(bool)
-  pick_B = jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],))
-  emb = jnp.where(pick_B[:, None, None], batch["caption_emb"], batch["prompt_emb"])
-  mask = jnp.where(pick_B[:, None], batch["caption_mask"], batch["prompt_mask"])
-  return emb.astype(jnp.float32), mask.astype(bool)
+  return _caption_where(jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],)), batch)
 
 
 def choose_text_per_clip(keys_B, batch: dict, field: str):
   """choose_text with one key per clip: clip b's choice ('both') depends on keys_B[b] only."""
   if field != "both":
     return choose_text(None, batch, field)
-  pick_B = jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(keys_B)
+  return _caption_where(jax.vmap(lambda k: jax.random.bernoulli(k, 0.5))(keys_B), batch)
+
+
+def _caption_where(pick_B, batch: dict):
+  """(emb_BLD, mask_BL): the caption where pick_B, else the prompt."""
   emb = jnp.where(pick_B[:, None, None], batch["caption_emb"], batch["prompt_emb"])
   mask = jnp.where(pick_B[:, None], batch["caption_mask"], batch["prompt_mask"])
   return emb.astype(jnp.float32), mask.astype(bool)
@@ -281,8 +287,8 @@ class Trainer:
 
   def eval_losses(self, state, batches: list[dict]) -> np.ndarray:
     """(len(train.eval_timesteps),) mean velocity MSE of the EMA weights over the valid clips
-    of `batches` (device batches with 'index' and 'mask'); a clip's noise is the same in
-    every call, every run and every batching."""
+    of `batches` (from eval_to_device); a clip's noise is the same in every call, every run
+    and every batching."""
     key = jax.random.PRNGKey(EVAL_NOISE_SEED)
     with self.context():
       per_batch = jax.device_get([self._eval_loss(state["ema"], batch, key,
@@ -301,10 +307,13 @@ class Trainer:
     with self.context():
       return self._step.lower(self.abstract_state, batch, *self.extra_step_args()).compile()
 
-  def to_device(self, batch_np: dict) -> dict:
-    keys = ("latent_mean", "latent_std", "caption_emb", "caption_mask", "prompt_emb", "prompt_mask",
-            "index", "mask")
+  def to_device(self, batch_np: dict, keys=_BATCH_KEYS) -> dict:
     return mesh_lib.to_global({k: batch_np[k] for k in keys if k in batch_np}, self.mesh)
+
+  def eval_to_device(self, batches_np: list[dict]) -> list[dict]:
+    """Evaluation batches (encode.fixed_batches) on the mesh, with the record numbers and
+    valid-row masks that eval_losses keys and weighs each clip by."""
+    return [self.to_device(b, _BATCH_KEYS + ("index", "mask")) for b in batches_np]
 
 
 def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
@@ -337,7 +346,7 @@ def make_evaluator(cfg, workdir: str, trainer: "Trainer"):
   splits = {}
   for split in ("validation", "train"):
     batches = encode.fixed_batches(cfg, workdir, split, cfg.train.eval_clips)
-    splits[split] = [trainer.to_device(b) for b in batches]
+    splits[split] = trainer.eval_to_device(batches)
   if not splits["validation"]:
     raise ConfigError("the encoded data set has no validation clip; build it with "
                       "data.num_val >= 1")
