@@ -132,6 +132,41 @@ def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
   assert dead["right"] == dead["shuffled"] and dead["ratio"] == 1.0
 
 
+def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
+  import flax.linen as nn
+  import jax
+  from sora_jax.eval import caption_reliance
+  from sora_jax.models import dit as dit_lib
+  cfg = tiny_config()
+  batch = caption_reliance.binding_batch(cfg, workdir, 8)
+  n = len(batch["x0"])
+  assert n >= 2 and all(v.shape == (n,) for v in batch["valid"].values())
+  params = dit_lib.dit_from_config(cfg).init(jax.random.key(1), *dit_lib.example_inputs(cfg))
+  params = jax.tree.map(np.asarray, nn.unbox(params["params"]))
+  params["proj_out"]["kernel"] = np.random.default_rng(0).normal(
+      size=params["proj_out"]["kernel"].shape).astype(np.float32)
+  live = caption_reliance.measure_binding(cfg, params, batch, ts=(0.9,), noise_draws=1)["0.9"]
+  assert abs(live["shuffled"]["ratio"] - 1.0) > 1e-3
+  # The colour row against the x0 errors of a direct forward pass on the same noisy latents
+  # (noise_draws=1: the first draw of default_rng(0)), over the clips whose colours differ.
+  v = batch["valid"]["color"]
+  eps = np.random.default_rng(0).standard_normal(batch["x0"].shape).astype(np.float32)
+  x_t = 0.1 * batch["x0"] + 0.9 * eps
+  dit = dit_lib.dit_from_config(cfg)
+  err = {k: np.square(np.asarray(dit.apply({"params": params}, x_t, np.full((n,), 0.9, np.float32),
+                                           batch["emb"][k], batch["mask"][k])) - batch["x0"])
+         .reshape(n, -1).mean(1)[v] for k in ("right", "color")}
+  np.testing.assert_allclose(live["color"]["ratio"], err["color"].mean() / err["right"].mean(),
+                             rtol=1e-4)
+  assert live["color"]["clips"] == int(v.sum())
+  # With both text paths cut off no prompt can matter: every ratio is exactly 1.
+  for name in ("text_embedder", "pooled_text_embedder"):
+    mlp = params["condition_embedder"][name]["linear_2"]
+    mlp["kernel"], mlp["bias"] = np.zeros_like(mlp["kernel"]), np.zeros_like(mlp["bias"])
+  dead = caption_reliance.measure_binding(cfg, params, batch, ts=(0.9,), noise_draws=1)["0.9"]
+  assert all(r["ratio"] == 1.0 for k, r in dead.items() if isinstance(r, dict))
+
+
 def test_dit_resume_is_exact(workdir, tmp_path):
   """4 steps straight == 2 steps, a restart, then 2 more (losses and parameters)."""
   other = str(tmp_path / "resumed")

@@ -156,6 +156,35 @@ def test_captions_parse_back_to_their_spec(T):
       assert all(got.get(k) == want[k] for k in keys), (clip["caption"], got)
 
 
+def test_bound_prompts_move_one_attribute_to_the_other_object():
+  """The binding probe's prompts: the parser (independent of the generator) reads each
+  swapped prompt as the spec with that attribute exchanged, and every prompt holds the
+  same words as the right one."""
+  seen = set()
+  for seed in range(300):
+    spec = sw.generate_clip(seed, 17, 32, 32)["spec"]
+    if len(spec["objects"]) != 2:
+      continue
+    bound = sw.bound_prompts(spec, seed)
+    assert bound["right"][1] == spec
+    o0, o1 = spec["objects"]
+    assert set(bound) - {"right"} == {a for a in sw.BINDING_ATTRIBUTES if o0[a] != o1[a]}
+    for name, (prompt, want) in bound.items():
+      seen.add(name)
+      parsed = sw.parse_prompt(prompt)["objects"]
+      assert len(parsed) == 2, prompt
+      for got, w in zip(parsed, want["objects"]):
+        for k in ("color", "shape", "size", "motion", "position"):
+          assert got.get(k) == w.get(k), (name, prompt, got, w)
+      assert sorted(prompt.replace(",", " ").split()) == sorted(
+          bound["right"][0].replace(",", " ").split()), (name, prompt)
+    if "motion" in bound and o0["motion"] != "still" and o1["motion"] != "still":
+      assert bound["motion"][1]["objects"][0]["motion"] == o1["motion"]
+  assert seen == {"right", *sw.BINDING_ATTRIBUTES}
+  with pytest.raises(ValueError, match="two-object"):
+    sw.bound_prompts(sw.generate_clip(0, 17, 32, 32, two_object_fraction=0.0)["spec"], 0)
+
+
 def test_parse_prompt_free_text():
   assert sw.parse_prompt("A huge purple ball rests in the top-left corner while a grey-ish thing waits") == {
       "objects": [{"color": "magenta", "shape": "circle", "size": "large", "motion": "still",

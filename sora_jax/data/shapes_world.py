@@ -293,6 +293,55 @@ def _make_prompt(rng, spec: dict, is_image: bool) -> str:
   return text
 
 
+# Attributes whose words `bound_prompts` can exchange between a prompt's two objects
+# ('motion' carries a still object's position words with it).
+BINDING_ATTRIBUTES = ("color", "shape", "size", "motion")
+
+
+def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
+  """A video prompt of a two-object `spec` and the same prompt with one attribute's words
+  exchanged between its two objects: {'right': (prompt, spec), attr: (prompt, swapped
+  spec)} for each attr of BINDING_ATTRIBUTES whose values the two objects differ in.
+
+  The swapped prompts hold the very same words as the right one, only bound to the other
+  object ("a red circle moving left and a blue square falling" -> "a blue circle moving
+  left and a red square falling" for 'color'), so a model that scores its clip no worse
+  with them does not bind that attribute to its object. Words are drawn from `seed`."""
+  objects = spec["objects"]
+  if len(objects) != 2:
+    raise ValueError(f"bound_prompts needs a two-object spec, got {len(objects)} objects")
+  rng = np.random.default_rng(int(seed))
+  finite = rng.random() < 0.4
+  parts = []
+  for obj in objects:
+    motion = ("that " if finite and rng.random() < 0.5 else "") + _motion_phrase(rng, obj["motion"], finite)
+    if "position" in obj:
+      motion += " " + _pick(rng, _POSITION_WORDS[obj["position"]])
+    parts.append({"det": _pick(rng, ("a ", "a ", "one ", "")), "size": _pick(rng, _SIZE_WORDS[obj["size"]]),
+                  "color": obj["color"], "shape": obj["shape"], "motion": motion})
+  join = _pick(rng, (" and ", " while ", ", and ", " as ") if finite else (" and ", ", ", " with ", ", and "))
+
+  def text(ps):
+    return join.join(p["det"] + " ".join(p[k] for k in ("size", "color", "shape", "motion")) for p in ps)
+
+  out = {"right": (text(parts), spec)}
+  for attr in BINDING_ATTRIBUTES:
+    if objects[0][attr] == objects[1][attr]:
+      continue
+    keys = ("motion", "position") if attr == "motion" else (attr,)
+    swapped = [dict(o) for o in objects]
+    for k in keys:
+      for a, b in ((0, 1), (1, 0)):
+        if k in objects[b]:
+          swapped[a][k] = objects[b][k]
+        else:
+          swapped[a].pop(k, None)
+    ps = [dict(p) for p in parts]
+    ps[0][attr], ps[1][attr] = parts[1][attr], parts[0][attr]
+    out[attr] = (text(ps), {**spec, "objects": swapped})
+  return out
+
+
 def _start_words(top, left, mask, H, W) -> str:
   h, w = mask.shape
   return position_word(top + h / 2, left + w / 2, H, W)

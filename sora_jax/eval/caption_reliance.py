@@ -12,13 +12,18 @@ shift 3 gave 1.11-1.36 after 1,500 (docs/results.md, "DiT: what moves prompt adh
 
   python scripts/caption_reliance.py --config=configs/shapes_tiny.py --workdir=W
 """
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import paths
 from sora_jax.data import encode
+from sora_jax.data import shapes_world
+from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import text_encoder as text_lib
 from sora_jax.models import weights
 from sora_jax.training import checkpoint
 
@@ -75,3 +80,105 @@ def for_workdir(cfg, workdir: str, data_workdir: str | None = None, num_clips: i
   params, got = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema, step=step)
   batch = validation_batch(cfg, data_workdir or workdir, num_clips)
   return {"step": int(got), "num_clips": len(batch["x0"]), "by_t": measure(cfg, params, batch, ts)}
+
+
+# Binding: does the DiT tie each word to its object? ----------------------------------
+
+BINDING_TS = (0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
+  """The first `num_clips` two-object video clips of the encoded validation split, with
+  their prompts from `shapes_world.bound_prompts` (the right one and one per swapped
+  attribute) encoded by the config's text encoder (or `text`).
+
+  {'x0': normalised latent means, 'texts': {name: [prompt per clip]}, 'emb'/'mask':
+  {name: encoded}, 'valid': {attr: bool per clip (the objects differ in attr)},
+  'shuffled': index of the clip whose right prompt is each clip's other-clip prompt}."""
+  source, _ = encode.data_source(cfg, workdir, "validation")
+  recs, specs = [], []
+  for i in range(len(source)):
+    r = source[i]
+    spec = json.loads(encode._text(r["spec"]))  # pylint: disable=protected-access
+    if r["latent_mean"].shape[0] > 1 and len(spec["objects"]) == 2:
+      recs.append(r)
+      specs.append((i, spec))
+    if len(recs) == num_clips:
+      break
+  if len(recs) < 2:
+    raise ValueError(f"the encoded validation split of {workdir} has {len(recs)} two-object "
+                     "video clips; the binding measure needs at least 2 (raise data.num_val)")
+  names = ("right",) + shapes_world.BINDING_ATTRIBUTES
+  texts = {k: [] for k in names}
+  valid = {k: [] for k in shapes_world.BINDING_ATTRIBUTES}
+  for i, spec in specs:
+    bound = shapes_world.bound_prompts(spec, seed=i)
+    for k in names:
+      texts[k].append(bound.get(k, bound["right"])[0])
+    for k in valid:
+      valid[k].append(k in bound)
+  text = text or text_lib.load_text_encoder(cfg)
+  emb, mask = {}, {}
+  for k in names:
+    e, m = text(texts[k])
+    emb[k], mask[k] = np.asarray(e, np.float32), np.asarray(m, bool)
+  mu, sigma = weights.load_latent_stats(workdir)
+  return {"x0": (np.stack([r["latent_mean"] for r in recs]) - mu) / sigma, "texts": texts,
+          "emb": emb, "mask": mask, "valid": {k: np.asarray(v) for k, v in valid.items()},
+          "shuffled": np.roll(np.arange(len(recs)), 1)}
+
+
+def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 2,
+                    seed: int = 0) -> dict:
+  """{str(t): {name: {'ratio', 'se', 'clips'}}}: per noise level, the x0 error with a
+  prompt whose `name` attribute is bound to the other object (or another clip's prompt,
+  'shuffled') over the error with the right prompt, on the clips where they differ, the
+  same noisy latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
+  which object the words belong to; 'se' is the standard error of the ratio over clips."""
+  dit = dit_lib.dit_from_config(cfg)
+  prediction = cfg.diffusion.prediction
+
+  @jax.jit
+  def fn(p, x, t, e, m):
+    out = dit.apply({"params": p}, x, t, e, m)
+    return rf.to_x0(out, x, jnp.broadcast_to(t[:, None], x.shape[:2]), prediction)
+
+  x0 = batch["x0"]
+  n = len(x0)
+  rng = np.random.default_rng(seed)
+  eps = [rng.standard_normal(x0.shape).astype(np.float32) for _ in range(noise_draws)]
+  conds = {k: (batch["emb"][k], batch["mask"][k]) for k in batch["emb"]}
+  sh = batch["shuffled"]
+  conds["shuffled"] = (batch["emb"]["right"][sh], batch["mask"]["right"][sh])
+  valid = dict(batch["valid"], shuffled=np.ones(n, bool))
+  out = {}
+  for t in ts:
+    t_B = jnp.full((n,), t, jnp.float32)
+    err = {k: 0.0 for k in conds}
+    for e_ in eps:
+      x_t = jnp.asarray((1 - t) * x0 + t * e_)
+      for k, (e, m) in conds.items():
+        pred = np.asarray(fn(params, x_t, t_B, e, m))
+        err[k] = err[k] + np.square(pred - x0).reshape(n, -1).mean(1) / noise_draws
+    row = {}
+    for k, v in valid.items():
+      if v.sum() < 2:
+        continue
+      right, other = err["right"][v], err[k][v]
+      ratio = float(other.mean() / max(right.mean(), 1e-12))
+      se = float(np.std(other - right, ddof=1) / np.sqrt(v.sum()) / max(right.mean(), 1e-12))
+      row[k] = {"ratio": ratio, "se": se, "clips": int(v.sum())}
+    row["right_mse"] = float(err["right"].mean())
+    out[str(t)] = row
+  return out
+
+
+def binding_for_workdir(cfg, workdir: str, data_workdir: str | None = None,
+                        num_clips: int = 64, ts=BINDING_TS, use_ema: bool = True,
+                        step: int | None = None, batch: dict | None = None) -> dict:
+  """Binding of WORKDIR's DiT (newest or `step` checkpoint) on the two-object validation
+  clips of `data_workdir` (default: the same workdir); pass `batch` to reuse one."""
+  params, got = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema, step=step)
+  batch = batch or binding_batch(cfg, data_workdir or workdir, num_clips)
+  return {"step": int(got), "num_clips": len(batch["x0"]),
+          "by_t": measure_binding(cfg, params, batch, ts)}
