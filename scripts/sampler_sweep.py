@@ -7,7 +7,6 @@ prints one row per setting.
   python scripts/sampler_sweep.py --workdir=pretrained/shapes --num_prompts=32 \
       --cfg_scales=2,4,6 --solvers=euler --steps=30 --shifts=-1 --out=/tmp/sweep
 """
-import importlib.util
 import itertools
 import json
 import time
@@ -28,18 +27,10 @@ _SHIFTS = flags.DEFINE_list("shifts", ["-1"], "Schedule shifts (<0: the training
 _OUT = flags.DEFINE_string("out", "sampler_sweep", "Output path without extension.")
 
 
-def load_config(path: str):
-  """get_config() of config file `path` (a workdir's config.py; may be on a bucket)."""
-  with paths.local_file(path) as local:
-    spec = importlib.util.spec_from_file_location("cfg", local)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
 
 def main(argv):
   del argv
-  cfg = load_config(_CONFIG.value or paths.join(_WORKDIR.value, "config.py"))
+  cfg = paths.load_config(_CONFIG.value or paths.join(_WORKDIR.value, "config.py"))
   pipe = VideoPipeline(cfg, _WORKDIR.value)
   rows = []
   for scale, solver, steps, shift in itertools.product(_CFGS.value, _SOLVERS.value,

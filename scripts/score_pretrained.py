@@ -5,7 +5,6 @@ tests/test_pretrained.py) and prints the model / ground-truth match rates.
 
   python scripts/score_pretrained.py --workdir=pretrained/shapes [--num_prompts=64]
 """
-import importlib.util
 import json
 import time
 
@@ -22,18 +21,10 @@ _CFG = flags.DEFINE_float("cfg_scale", 4.0, "Guidance scale.")
 _OUT = flags.DEFINE_string("out", "", "Output JSON (default WORKDIR/adherence.json).")
 
 
-def load_config(path: str):
-  """get_config() of config file `path` (a workdir's config.py; may be on a bucket)."""
-  with paths.local_file(path) as local:
-    spec = importlib.util.spec_from_file_location("cfg", local)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
 
 def main(argv):
   del argv
-  cfg = load_config(paths.join(_WORKDIR.value, "config.py"))
+  cfg = paths.load_config(paths.join(_WORKDIR.value, "config.py"))
   t0 = time.time()
   pipe = VideoPipeline(cfg, _WORKDIR.value)
   result = adherence.score_model(pipe, _NUM.value, 17, 32, 32, steps=_STEPS.value,

@@ -1,6 +1,6 @@
 """The scripts under scripts/ read and write a bucket workdir's files like local ones:
 adherence_curve's metrics.jsonl / --continues reading and its JSON + PNG writer, and a
-workdir config.py that score_pretrained / sampler_sweep load with importlib. Against
+workdir config.py that score_pretrained / sampler_sweep load (paths.load_config). Against
 conftest.py's GCS emulator; nothing may land under a local `./gs:` folder.
 """
 import importlib.util
@@ -90,10 +90,15 @@ def test_adherence_curve_reads_and_writes_a_bucket_workdir(gcs, tmp_path, cwd):
 
 
 def test_a_bucket_workdirs_config_loads_like_the_local_one(gcs, cwd):
+  """paths.load_config (score_pretrained, sampler_sweep) on a bucket copy of the shipped
+  config.py gives what Python's own import of the local file gives."""
   del gcs
   local = os.path.join(ROOT, "pretrained", "shapes", "config.py")
+  spec = importlib.util.spec_from_file_location("shipped_config_reference", local)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  want = module.get_config().to_dict()
   paths.copy_file(local, f"{BUCKET}/shipped/config.py")
-  want = _script("score_pretrained").load_config(local).to_dict()
-  assert _script("score_pretrained").load_config(f"{BUCKET}/shipped/config.py").to_dict() == want
-  assert _script("sampler_sweep").load_config(f"{BUCKET}/shipped/config.py").to_dict() == want
+  assert paths.load_config(f"{BUCKET}/shipped/config.py").to_dict() == want
+  assert paths.load_config(local).to_dict() == want
   _no_local_gs(cwd)
