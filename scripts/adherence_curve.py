@@ -8,8 +8,8 @@ Writes OUT.json and OUT.png (match and per-attribute rates against training minu
   python scripts/adherence_curve.py --config=configs/shapes_tiny.py --workdir=workdir/ship \
       --num_prompts=32 --out=workdir/ship/adherence_curve
 """
+import io
 import json
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -40,9 +40,23 @@ _OUT = flags.DEFINE_string("out", "", "Output path without extension (default WO
 
 def _elapsed_by_step(workdir: str) -> dict:
   """{step: training seconds} of the DiT run (mode 'train') from metrics.jsonl."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  rows = metrics.read_jsonl(path) if os.path.exists(path) else []
+  path = paths.join(workdir, "metrics.jsonl")
+  rows = metrics.read_jsonl(path) if paths.path(path).exists() else []
   return metrics.training_seconds(rows, "train")
+
+
+def _earlier_rows(continues: str) -> list[dict]:
+  """The rows of the curve JSON `continues` (each with its stage; [] for '')."""
+  if not continues:
+    return []
+  earlier = json.loads(paths.read_text(continues))
+  return [{**r, "stage": r.get("stage", 0)} for r in earlier["rows"]]
+
+
+def _write(out: str, record: dict) -> None:
+  """OUT.json (`record`) and OUT.png (its curve); `out` may be on a bucket."""
+  paths.write_bytes_atomic(out + ".json", json.dumps(record, indent=1).encode())
+  paths.write_bytes_atomic(out + ".png", _plot(record["rows"]))
 
 
 def _minutes(step: int, elapsed: dict):
@@ -64,11 +78,8 @@ def main(argv):
     steps = [s for s in steps if s % _EVERY.value == 0 or s == steps[-1]]
   elapsed = _elapsed_by_step(workdir)
   pipe = None
-  rows, step0, minutes0 = [], 0, 0.0
-  if _CONTINUES.value:
-    with open(_CONTINUES.value) as f:
-      earlier = json.load(f)
-    rows = [{**r, "stage": r.get("stage", 0)} for r in earlier["rows"]]
+  rows, step0, minutes0 = _earlier_rows(_CONTINUES.value), 0, 0.0
+  if rows:
     step0, minutes0 = rows[-1]["step"], rows[-1]["minutes"] or 0.0
   stage = rows[-1]["stage"] + 1 if rows else 0
   for step in steps:
@@ -89,15 +100,15 @@ def main(argv):
           f"(VAE round trip {r['vae_ceiling']['match']:.3f}, ground truth "
           f"{r['ground_truth']['match']:.3f})  colour {r['model']['color']:.2f} shape "
           f"{r['model']['shape']:.2f} motion {r['model']['motion']:.2f}", flush=True)
-  out = _OUT.value or os.path.join(workdir, "adherence_curve")
-  with open(out + ".json", "w") as f:
-    json.dump({"workdir": workdir, "continues": _CONTINUES.value, "ema": _EMA.value,
-               "num_prompts": _NUM.value, "sample_steps": _STEPS.value, "cfg_scale": _CFG.value, "rows": rows}, f, indent=1)
-  _plot(rows, out + ".png")
+  out = _OUT.value or paths.join(workdir, "adherence_curve")
+  _write(out, {"workdir": workdir, "continues": _CONTINUES.value, "ema": _EMA.value,
+               "num_prompts": _NUM.value, "sample_steps": _STEPS.value, "cfg_scale": _CFG.value,
+               "rows": rows})
   print(f"wrote {out}.json and {out}.png")
 
 
-def _plot(rows, path):
+def _plot(rows) -> bytes:
+  """The curve of `rows` as PNG bytes."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -115,7 +126,10 @@ def _plot(rows, path):
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=120)
+  plt.close(fig)
+  return buf.getvalue()
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def main() -> None:
     t0 = time.time()
     builder.download_and_prepare()
     build_s = time.time() - t0
-    size = sum(os.path.getsize(f) for f in builder.data_path.iterdir())
+    size = sum(f.stat().length for f in builder.data_path.iterdir())  # --data_dir may be a bucket
 
     it = pipeline.make_iterator(cfg, data_dir, batch_size=args.batch_size, process_index=0,
                                 process_count=1)

@@ -7,11 +7,11 @@ sora_jax/eval/caption_reliance.py. Writes OUT (default WORKDIR/caption_reliance.
       [--data_workdir=W_WITH_ENCODED_DATA] [--step=N] [--config.data.data_dir=...]
 """
 import json
-import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
+from sora_jax import paths
 from sora_jax.eval import caption_reliance
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config the workdir was trained with.")
@@ -31,9 +31,8 @@ def main(argv):
   for t, e in r["by_t"].items():
     print(f"t={t:>5}: x0 MSE right {e['right']:.4f}  shuffled {e['shuffled']:.4f}  "
           f"null {e['null']:.4f}  ratio {e['ratio']:.3f}")
-  out = _OUT.value or os.path.join(_WORKDIR.value, "caption_reliance.json")
-  with open(out, "w") as f:
-    json.dump(r, f, indent=1)
+  out = _OUT.value or paths.join(_WORKDIR.value, "caption_reliance.json")
+  paths.write_bytes_atomic(out, json.dumps(r, indent=1).encode())
   print(f"step {r['step']}, {r['num_clips']} clips -> {out}")
 
 

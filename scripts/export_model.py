@@ -83,8 +83,8 @@ def main(argv):
   vae_step = export_checkpoint(paths.vae_checkpoints(src), paths.vae_checkpoints(out))
   dit_step = export_checkpoint(paths.dit_checkpoints(src), paths.dit_checkpoints(out),
                                _DIT_EMA.value)
-  paths.path(paths.latent_stats(src)).copy(paths.path(paths.latent_stats(out)), overwrite=True)
-  (out_dir / "config.py").write_text(config_source(cfg))
+  paths.copy_file(paths.latent_stats(src), paths.latent_stats(out))
+  paths.write_bytes_atomic(paths.join(out, "config.py"), config_source(cfg).encode("utf-8"))
   size = sum(f.stat().length for f in paths.files(out_dir))
   print(f"exported VAE step {vae_step}, DiT step {dit_step} to {out} ({size / 2**20:.1f} MiB)")
 

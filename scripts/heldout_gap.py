@@ -67,7 +67,7 @@ def main(argv):
     print(f"{name:>10} ({result[name]['clips']} clips): eval_loss {np.mean(losses):.4f}  " +
           "  ".join(f"t={t:g}: {v:.4f}" for t, v in zip(ts, losses)), flush=True)
   if _OUT.value:
-    paths.path(_OUT.value).write_text(json.dumps(result, indent=1))
+    paths.write_bytes_atomic(_OUT.value, json.dumps(result, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ ground-truth clip.
 
   python scripts/make_readme_figure.py [--workdir=pretrained/shapes] [--out=docs/figures/shapes_samples.png]
 """
+import io
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -18,6 +18,7 @@ from absl import app, flags
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from sora_jax import paths
 from sora_jax.data import shapes_world, video_io
 from sora_jax.eval import shapes_detector
 
@@ -33,17 +34,17 @@ _GAP, _TEXT_H, _PAD = 4, 18, 8
 
 def sample(workdir: str, prompts: list[str], out_dir: str) -> list[np.ndarray]:
   """The sample mode's videos of `prompts` (sample i uses seed SEED + i), in order."""
-  prompts_file = os.path.join(out_dir, "prompts.txt")
-  with open(prompts_file, "w", encoding="utf-8") as f:
-    f.write("\n".join(prompts) + "\n")
-  subprocess.run([sys.executable, "-m", "sora_jax", f"--config={workdir}/config.py",
-                  f"--workdir={workdir}", "--mode=sample", f"--config.sample.output_dir={out_dir}",
-                  f"--config.sample.prompts_file={prompts_file}", f"--config.sample.seed={SEED}",
-                  f"--config.sample.steps={STEPS}", f"--config.sample.cfg_scale={CFG_SCALE}",
-                  f"--config.sample.num_frames={FRAMES}", f"--config.sample.height={SIZE}",
-                  f"--config.sample.width={SIZE}"], check=True)
-  with open(os.path.join(out_dir, "samples.json")) as f:
-    rows = json.load(f)
+  prompts_file = paths.join(out_dir, "prompts.txt")
+  paths.write_bytes_atomic(prompts_file, ("\n".join(prompts) + "\n").encode("utf-8"))
+  # --config reads only local files: a bucket workdir's config.py is copied down first.
+  with paths.local_file(paths.join(workdir, "config.py")) as config:
+    subprocess.run([sys.executable, "-m", "sora_jax", f"--config={config}",
+                    f"--workdir={workdir}", "--mode=sample", f"--config.sample.output_dir={out_dir}",
+                    f"--config.sample.prompts_file={prompts_file}", f"--config.sample.seed={SEED}",
+                    f"--config.sample.steps={STEPS}", f"--config.sample.cfg_scale={CFG_SCALE}",
+                    f"--config.sample.num_frames={FRAMES}", f"--config.sample.height={SIZE}",
+                    f"--config.sample.width={SIZE}"], check=True)
+  rows = json.loads(paths.read_text(paths.join(out_dir, "samples.json")))
   # The GIFs hold the exact colours (the mp4s are chroma-subsampled), as the detector saw them.
   return [video_io.read_video(r["gif"])[0] for r in rows]
 
@@ -89,9 +90,11 @@ def main(argv):
   for video, clip in zip(samples, clips):
     failed = shapes_detector.failures(shapes_detector.score(video, clip["spec"]))
     verdicts.append("detector: match" if not failed else "detector: wrong " + ", ".join(failed))
-  os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
-  grid(prompts, samples, [c["video"] for c in clips], verdicts, _EVERY.value,
-       _SCALE.value).save(_OUT.value, optimize=True)
+  img = grid(prompts, samples, [c["video"] for c in clips], verdicts, _EVERY.value, _SCALE.value)
+  buf = io.BytesIO()  # encoded here, written through paths (--out may be on a bucket)
+  img.save(buf, format=Image.registered_extensions().get(paths.path(_OUT.value).suffix.lower(),
+                                                         "PNG"), optimize=True)
+  paths.write_bytes_atomic(_OUT.value, buf.getvalue())
   print(f"wrote {_OUT.value}: {sum(v == 'detector: match' for v in verdicts)} of "
         f"{len(verdicts)} samples match their prompt")
 

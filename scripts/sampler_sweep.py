@@ -7,14 +7,13 @@ prints one row per setting.
   python scripts/sampler_sweep.py --workdir=pretrained/shapes --num_prompts=32 \
       --cfg_scales=2,4,6 --solvers=euler --steps=30 --shifts=-1 --out=/tmp/sweep
 """
-import importlib.util
 import itertools
 import json
-import os
 import time
 
 from absl import app, flags
 
+from sora_jax import paths
 from sora_jax.eval import adherence
 from sora_jax.sampling.sample import VideoPipeline
 
@@ -28,13 +27,10 @@ _SHIFTS = flags.DEFINE_list("shifts", ["-1"], "Schedule shifts (<0: the training
 _OUT = flags.DEFINE_string("out", "sampler_sweep", "Output path without extension.")
 
 
+
 def main(argv):
   del argv
-  path = _CONFIG.value or os.path.join(_WORKDIR.value, "config.py")
-  spec = importlib.util.spec_from_file_location("cfg", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
+  cfg = paths.load_config(_CONFIG.value or paths.join(_WORKDIR.value, "config.py"))
   pipe = VideoPipeline(cfg, _WORKDIR.value)
   rows = []
   for scale, solver, steps, shift in itertools.product(_CFGS.value, _SOLVERS.value,
@@ -53,9 +49,9 @@ def main(argv):
                                               ("color", "count", "shape", "size", "motion",
                                                "permanence", "background") if k in m),
           flush=True)
-  with open(_OUT.value + ".json", "w") as f:
-    json.dump({"workdir": _WORKDIR.value, "dit_step": int(pipe.step),
-               "num_prompts": _NUM.value, "rows": rows}, f, indent=1)
+  paths.write_bytes_atomic(_OUT.value + ".json", json.dumps(
+      {"workdir": _WORKDIR.value, "dit_step": int(pipe.step), "num_prompts": _NUM.value,
+       "rows": rows}, indent=1).encode())
   print(f"-> {_OUT.value}.json")
 
 

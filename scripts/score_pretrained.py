@@ -5,13 +5,12 @@ tests/test_pretrained.py) and prints the model / ground-truth match rates.
 
   python scripts/score_pretrained.py --workdir=pretrained/shapes [--num_prompts=64]
 """
-import importlib.util
 import json
-import os
 import time
 
 from absl import app, flags
 
+from sora_jax import paths
 from sora_jax.eval import adherence
 from sora_jax.sampling.sample import VideoPipeline
 
@@ -22,21 +21,18 @@ _CFG = flags.DEFINE_float("cfg_scale", 4.0, "Guidance scale.")
 _OUT = flags.DEFINE_string("out", "", "Output JSON (default WORKDIR/adherence.json).")
 
 
+
 def main(argv):
   del argv
-  spec = importlib.util.spec_from_file_location("cfg", os.path.join(_WORKDIR.value, "config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  cfg = module.get_config()
+  cfg = paths.load_config(paths.join(_WORKDIR.value, "config.py"))
   t0 = time.time()
   pipe = VideoPipeline(cfg, _WORKDIR.value)
   result = adherence.score_model(pipe, _NUM.value, 17, 32, 32, steps=_STEPS.value,
                                  cfg_scale=_CFG.value, seed=0)
   result["dit_step"] = int(pipe.step)
   result["seconds"] = time.time() - t0
-  out = _OUT.value or os.path.join(_WORKDIR.value, "adherence.json")
-  with open(out, "w") as f:
-    json.dump(result, f, indent=1)
+  out = _OUT.value or paths.join(_WORKDIR.value, "adherence.json")
+  paths.write_bytes_atomic(out, json.dumps(result, indent=1).encode())
   print(f"model match {result['model']['match']:.3f}  VAE round trip "
         f"{result['vae_ceiling']['match']:.3f}  ground truth "
         f"{result['ground_truth']['match']:.3f}  ratio {result['ratio']}  -> {out}")

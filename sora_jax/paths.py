@@ -9,6 +9,7 @@ local folder `./gs:/B/run`. Libraries that read or write only local files (PyAV,
 np.memmap, array_record) get a local stand-in: `local_file`, `local_dir`, `atomic_writer`.
 """
 import contextlib
+import importlib.util
 import io
 import os
 import shutil
@@ -205,3 +206,13 @@ def latent_stats(workdir: str) -> str:
 
 def samples_dir(cfg, workdir: str) -> str:
   return join(cfg.sample.output_dir) if cfg.sample.output_dir else join(workdir, "samples")
+
+
+def load_config(p):
+  """`get_config()` of the Python config file `p` (a workdir's config.py), local or on a
+  bucket (read through a local copy)."""
+  with local_file(p) as local:
+    spec = importlib.util.spec_from_file_location("sora_jax_loaded_config", local)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()

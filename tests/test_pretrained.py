@@ -10,6 +10,8 @@ import os
 import numpy as np
 import pytest
 
+from sora_jax import paths
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 WORKDIR = os.path.join(ROOT, "pretrained", "shapes")
 RECORD = os.path.join(WORKDIR, "adherence.json")
@@ -19,11 +21,7 @@ pytestmark = pytest.mark.skipif(not os.path.exists(RECORD), reason="no shipped m
 
 
 def _load_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location("shipped_config", os.path.join(WORKDIR, "config.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return paths.load_config(os.path.join(WORKDIR, "config.py"))
 
 
 def test_shipped_model_reproduces_its_recorded_adherence():
