@@ -211,6 +211,24 @@ def test_init_from_warm_starts_from_a_workdirs_ema(workdir):
     assert len(got) == len(jax_leaves(source))
     for x, y in zip(got, jax_leaves(source)):
       np.testing.assert_array_equal(np.asarray(x), y)
+  # A text refiner the source lacks is added at its init: the other parameters are the
+  # source's and the warm-started DiT computes what the source computes.
+  from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
+  cfg.dit.text_refiner_layers = 2
+  refined = jax.device_get(trainer(cfg).init_state()["params"])
+  assert set(refined) == set(source) | {"text_refiner"}
+  for x, y in zip(jax_leaves({k: refined[k] for k in source}), jax_leaves(source)):
+    np.testing.assert_array_equal(x, y)
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 3, 4, 4, cfg.vae.z_dim)).astype(np.float32)
+  t = np.array([0.3, 0.9], np.float32)
+  text = rng.normal(size=(2, 5, cfg.text.dim)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  out = dit_lib.dit_from_config(cfg).apply({"params": refined}, x, t, text, mask)
+  cfg.dit.text_refiner_layers = 0
+  ref = dit_lib.dit_from_config(cfg).apply({"params": source}, x, t, text, mask)
+  assert np.abs(np.asarray(ref)).max() > 0
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6, atol=1e-6)
   cfg.dit.ffn_dim = 48
   with pytest.raises(ConfigError, match="does not fit this config's DiT"):
     trainer(cfg).init_state()

@@ -497,6 +497,19 @@ def param_shapes(cfg):
   return jax.eval_shape(lambda: model.init(jax.random.key(0), *example_inputs(cfg)))["params"]
 
 
+def init_text_refiner(cfg, seed: int = 0) -> dict:
+  """Fresh (unboxed) parameters of `cfg`'s TextRefiner alone, as `params['text_refiner']`:
+  its residual gates are 0, so a trained DiT given them computes what it computed
+  without (train.init_from adds a refiner to a DiT trained without one)."""
+  model = dit_from_config(cfg)
+  if not model.text_refiner_layers:
+    raise ValueError("init_text_refiner: dit.text_refiner_layers is 0")
+  refiner = TextRefiner(model.dim, model.ffn_dim, model.num_heads, model.text_refiner_layers,
+                        model.eps, model.dtype, model.param_dtype)
+  text = jnp.zeros((1, 1, model.dim), model.dtype)
+  return nn.unbox(refiner.init(jax.random.key(seed), text, jnp.ones((1, 1), bool))["params"])
+
+
 def count_params(cfg) -> int:
   """Number of DiT parameters for `cfg` (jax.eval_shape: nothing is allocated)."""
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(param_shapes(cfg)))))

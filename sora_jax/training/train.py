@@ -10,7 +10,8 @@ The step is `jax.jit` with explicit in/out shardings from the config's logical r
 a donated state; parameters are born sharded.
 
 Warm start (`train.init_from`, a sora_jax workdir): the DiT starts from that workdir's
-newest EMA weights, with a fresh optimizer and step 0.
+newest EMA weights, with a fresh optimizer and step 0; a text refiner (dit.text_refiner_layers)
+the checkpoint lacks starts from its init, gates 0, so the outputs start unchanged.
 
 Fine-tuning open weights (`config.weights`, e.g. Wan 2.1): the DiT starts from the loaded
 parameters (each host reads its own shards), and with `train.lora_rank > 0` only LoRA
@@ -192,10 +193,15 @@ def load_init_from(cfg, mesh, rules) -> dict:
   params, step = checkpoint.load_params(directory, use_ema=True)
   boxed = dit_lib.param_shapes(cfg)
   want = nn.unbox(boxed)
-  got_paths = {jax.tree_util.keystr(p): np.shape(x)
-               for p, x in jax.tree_util.tree_leaves_with_path(params)}
-  want_paths = {jax.tree_util.keystr(p): tuple(x.shape)
-                for p, x in jax.tree_util.tree_leaves_with_path(want)}
+  leaf_shapes = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
+                              for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+  if "text_refiner" in want and "text_refiner" not in params:
+    # A text refiner added to a DiT trained without one: its gates start at 0, so the
+    # loaded model computes what it computed before.
+    params = {**params, "text_refiner": dit_lib.init_text_refiner(cfg, cfg.seed)}
+    print(f"[train] train.init_from: dit.text_refiner_layers={cfg.dit.text_refiner_layers} "
+          "is new: the refiner starts from its init (gates 0, outputs unchanged)", flush=True)
+  got_paths, want_paths = leaf_shapes(params), leaf_shapes(want)
   if got_paths != want_paths:
     diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:4]
     raise ConfigError(f"train.init_from={cfg.train.init_from!r} (step {step}) does not fit "
