@@ -3,8 +3,14 @@
 A ratio (shuffled / right) of 1.0 means the DiT ignores its caption at that t; see
 sora_jax/eval/caption_reliance.py. Writes OUT (default WORKDIR/caption_reliance.json).
 
+With --binding, the binding probe instead: on the two-object validation clips, the x0 error
+with the prompt's colour / shape / size / motion words bound to the other object over the
+error with the right prompt (1.0: the DiT does not tie that attribute to its object), for
+each of --steps; writes OUT (default WORKDIR/binding.json).
+
   python scripts/caption_reliance.py --config=configs/shapes_tiny.py --workdir=W \
       [--data_workdir=W_WITH_ENCODED_DATA] [--step=N] [--config.data.data_dir=...]
+  python scripts/caption_reliance.py ... --binding --steps=2000,4000,6000
 """
 import json
 
@@ -19,13 +25,35 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with DiT checkpoints.")
 _DATA = flags.DEFINE_string("data_workdir", "", "Workdir whose encoded data / latent stats to "
                             "use (default: --workdir).")
 _STEP = flags.DEFINE_integer("step", None, "Checkpoint step (default: the newest).")
-_NUM = flags.DEFINE_integer("num_clips", 48, "Validation clips.")
+_NUM = flags.DEFINE_integer("num_clips", 48, "Validation clips (with --binding: two-object clips).")
 _EMA = flags.DEFINE_bool("ema", True, "Measure the EMA weights (else the raw ones).")
-_OUT = flags.DEFINE_string("out", "", "Output JSON (default WORKDIR/caption_reliance.json).")
+_OUT = flags.DEFINE_string("out", "", "Output JSON (default WORKDIR/caption_reliance.json, "
+                           "or WORKDIR/binding.json with --binding).")
+_BINDING = flags.DEFINE_bool("binding", False, "Measure binding (see the module docstring).")
+_STEPS = flags.DEFINE_list("steps", [], "With --binding: checkpoint steps (default: the newest).")
+
+
+def binding_main():
+  cfg, workdir = _CONFIG.value, _WORKDIR.value
+  batch = caption_reliance.binding_batch(cfg, _DATA.value or workdir, _NUM.value)
+  rows = []
+  for step in _STEPS.value or [_STEP.value]:
+    r = caption_reliance.binding_for_workdir(cfg, workdir, use_ema=_EMA.value, batch=batch,
+                                             step=None if step is None else int(step))
+    rows.append(r)
+    for t, row in r["by_t"].items():
+      print(f"step {r['step']} t={t:>5}: " + "  ".join(
+          f"{k} {v['ratio']:.3f}±{v['se']:.3f}" for k, v in row.items() if isinstance(v, dict)))
+  out = _OUT.value or paths.join(workdir, "binding.json")
+  paths.write_bytes_atomic(out, json.dumps({"num_clips": len(batch["x0"]), "rows": rows},
+                                           indent=1).encode())
+  print(f"{len(batch['x0'])} two-object clips -> {out}")
 
 
 def main(argv):
   del argv
+  if _BINDING.value:
+    return binding_main()
   r = caption_reliance.for_workdir(_CONFIG.value, _WORKDIR.value, _DATA.value or None,
                                    _NUM.value, use_ema=_EMA.value, step=_STEP.value)
   for t, e in r["by_t"].items():
