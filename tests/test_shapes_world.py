@@ -185,6 +185,26 @@ def test_bound_prompts_move_one_attribute_to_the_other_object():
     sw.bound_prompts(sw.generate_clip(0, 17, 32, 32, two_object_fraction=0.0)["spec"], 0)
 
 
+def test_swap_caption_objects_gives_each_trajectory_to_the_other_object():
+  checked = 0
+  for seed in range(200):
+    clip = sw.generate_clip(seed, 17, 32, 32)
+    spec = clip["spec"]
+    if len(spec["objects"]) != 2:
+      continue
+    swapped = sw.swap_caption_objects(clip["caption"], spec)
+    parsed = sw.parse_prompt(swapped)["objects"]
+    assert len(parsed) == 2, swapped
+    for k, got in enumerate(parsed):
+      other, same = spec["objects"][1 - k], spec["objects"][k]
+      assert all(got[a] == other[a] for a in ("color", "shape", "size")), (swapped, got)
+      assert got["motion"] == same["motion"], (swapped, got)
+    checked += 1
+  assert checked > 50
+  with pytest.raises(ValueError, match="two-object"):
+    sw.swap_caption_objects("A small red circle.", {"objects": [{}]})
+
+
 def test_parse_prompt_free_text():
   assert sw.parse_prompt("A huge purple ball rests in the top-left corner while a grey-ish thing waits") == {
       "objects": [{"color": "magenta", "shape": "circle", "size": "large", "motion": "still",

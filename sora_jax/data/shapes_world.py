@@ -342,6 +342,26 @@ def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
   return out
 
 
+def swap_caption_objects(caption: str, spec: dict) -> str:
+  """A two-object clip's caption (`generate_clip`'s 'caption') with the objects' names
+  ("large yellow triangle", and "the yellow triangle" where one refers to the other)
+  exchanged: each object's start position and motion now belong to the other object.
+  The binding probe's caption counterpart of bound_prompts(...)['motion']."""
+  objects = spec["objects"]
+  if len(objects) != 2:
+    raise ValueError(f"swap_caption_objects needs a two-object spec, got {len(objects)} objects")
+  names = [(f"{o['size']} {o['color']} {o['shape']}", f"the {o['color']} {o['shape']}")
+           for o in objects]
+  out = caption
+  for k, (full, ref) in enumerate(names):
+    if full not in out:
+      raise ValueError(f"swap_caption_objects: {full!r} is not in the caption {caption!r}")
+    out = out.replace(full, f"\0{k}F\0").replace(ref, f"\0{k}R\0")
+  for k, (full, ref) in enumerate(names):
+    out = out.replace(f"\0{1 - k}F\0", full).replace(f"\0{1 - k}R\0", ref)
+  return out
+
+
 def _start_words(top, left, mask, H, W) -> str:
   h, w = mask.shape
   return position_word(top + h / 2, left + w / 2, H, W)

@@ -93,7 +93,10 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
   attribute) encoded by the config's text encoder (or `text`).
 
   {'x0': normalised latent means, 'texts': {name: [prompt per clip]}, 'emb'/'mask':
-  {name: encoded}, 'valid': {attr: bool per clip (the objects differ in attr)},
+  {name: encoded}, 'valid': {attr: bool per clip (the objects differ in attr)}; 'caption'
+  is each clip's own caption and 'caption_objects' the same with the two objects' names
+  exchanged (shapes_world.swap_caption_objects: each start position and motion told of the
+  other object),
   'shuffled': index of the clip whose right prompt is each clip's other-clip prompt}."""
   source, _ = encode.data_source(cfg, workdir, "validation")
   recs, specs = [], []
@@ -108,15 +111,18 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
   if len(recs) < 2:
     raise ValueError(f"the encoded validation split of {workdir} has {len(recs)} two-object "
                      "video clips; the binding measure needs at least 2 (raise data.num_val)")
-  names = ("right",) + shapes_world.BINDING_ATTRIBUTES
+  names = ("right",) + shapes_world.BINDING_ATTRIBUTES + ("caption", "caption_objects")
   texts = {k: [] for k in names}
   valid = {k: [] for k in shapes_world.BINDING_ATTRIBUTES}
-  for i, spec in specs:
+  for (i, spec), r in zip(specs, recs):
     bound = shapes_world.bound_prompts(spec, seed=i)
-    for k in names:
+    for k in ("right",) + shapes_world.BINDING_ATTRIBUTES:
       texts[k].append(bound.get(k, bound["right"])[0])
     for k in valid:
       valid[k].append(k in bound)
+    caption = encode._text(r["caption"])  # pylint: disable=protected-access
+    texts["caption"].append(caption)
+    texts["caption_objects"].append(shapes_world.swap_caption_objects(caption, spec))
   text = text or text_lib.load_text_encoder(cfg)
   emb, mask = {}, {}
   for k in names:
@@ -132,7 +138,8 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
                     seed: int = 0) -> dict:
   """{str(t): {name: {'ratio', 'se', 'clips'}}}: per noise level, the x0 error with a
   prompt whose `name` attribute is bound to the other object (or another clip's prompt,
-  'shuffled') over the error with the right prompt, on the clips where they differ, the
+  'shuffled') over the error with the right prompt ('caption_objects': over the error with
+  the clip's own caption), on the clips where they differ, the
   same noisy latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
   which object the words belong to; 'se' is the standard error of the ratio over clips."""
   dit = dit_lib.dit_from_config(cfg)
@@ -150,7 +157,11 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   conds = {k: (batch["emb"][k], batch["mask"][k]) for k in batch["emb"]}
   sh = batch["shuffled"]
   conds["shuffled"] = (batch["emb"]["right"][sh], batch["mask"]["right"][sh])
-  valid = dict(batch["valid"], shuffled=np.ones(n, bool))
+  everywhere = np.ones(n, bool)
+  valid = dict(batch["valid"], shuffled=everywhere)
+  baseline = {k: "right" for k in valid}
+  if "caption_objects" in conds:
+    valid["caption_objects"], baseline["caption_objects"] = everywhere, "caption"
   out = {}
   for t in ts:
     t_B = jnp.full((n,), t, jnp.float32)
@@ -164,7 +175,7 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
     for k, v in valid.items():
       if v.sum() < 2:
         continue
-      right, other = err["right"][v], err[k][v]
+      right, other = err[baseline[k]][v], err[k][v]
       ratio = float(other.mean() / max(right.mean(), 1e-12))
       se = float(np.std(other - right, ddof=1) / np.sqrt(v.sum()) / max(right.mean(), 1e-12))
       row[k] = {"ratio": ratio, "se": se, "clips": int(v.sum())}
