@@ -301,7 +301,8 @@ BINDING_ATTRIBUTES = ("color", "shape", "size", "motion")
 def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
   """A video prompt of a two-object `spec` and the same prompt with one attribute's words
   exchanged between its two objects: {'right': (prompt, spec), attr: (prompt, swapped
-  spec)} for each attr of BINDING_ATTRIBUTES whose values the two objects differ in.
+  spec)} for each attr of BINDING_ATTRIBUTES whose values the two objects differ in, and
+  'motion_other': both objects' motions replaced by two moving ones neither has.
 
   The swapped prompts hold the very same words as the right one, only bound to the other
   object ("a red circle moving left and a blue square falling" -> "a blue circle moving
@@ -325,6 +326,15 @@ def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
     return join.join(p["det"] + " ".join(p[k] for k in ("size", "color", "shape", "motion")) for p in ps)
 
   out = {"right": (text(parts), spec)}
+  # Control: both motions replaced by moving ones neither object has (a model that uses
+  # motion words at all predicts the clip worse from it, bound or not).
+  other_rng = np.random.default_rng([int(seed), 1])
+  unused = [m for m in MOTIONS if m != "still" and m not in (objects[0]["motion"], objects[1]["motion"])]
+  replaced = [m for m in other_rng.permutation(unused)[:2]]
+  ps = [dict(p, motion=_motion_phrase(other_rng, m, finite)) for p, m in zip(parts, replaced)]
+  others = [{k: v for k, v in o.items() if k != "position"} | {"motion": str(m)}
+            for o, m in zip(objects, replaced)]
+  out["motion_other"] = (text(ps), {**spec, "objects": others})
   for attr in BINDING_ATTRIBUTES:
     if objects[0][attr] == objects[1][attr]:
       continue

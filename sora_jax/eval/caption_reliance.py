@@ -111,12 +111,12 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
   if len(recs) < 2:
     raise ValueError(f"the encoded validation split of {workdir} has {len(recs)} two-object "
                      "video clips; the binding measure needs at least 2 (raise data.num_val)")
-  names = ("right",) + shapes_world.BINDING_ATTRIBUTES + ("caption", "caption_objects")
+  names = ("right", "motion_other") + shapes_world.BINDING_ATTRIBUTES + ("caption", "caption_objects")
   texts = {k: [] for k in names}
   valid = {k: [] for k in shapes_world.BINDING_ATTRIBUTES}
   for (i, spec), r in zip(specs, recs):
     bound = shapes_world.bound_prompts(spec, seed=i)
-    for k in ("right",) + shapes_world.BINDING_ATTRIBUTES:
+    for k in ("right", "motion_other") + shapes_world.BINDING_ATTRIBUTES:
       texts[k].append(bound.get(k, bound["right"])[0])
     for k in valid:
       valid[k].append(k in bound)
@@ -138,8 +138,9 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
                     seed: int = 0) -> dict:
   """{str(t): {name: {'ratio', 'se', 'clips'}}}: per noise level, the x0 error with a
   prompt whose `name` attribute is bound to the other object (or another clip's prompt,
-  'shuffled') over the error with the right prompt ('caption_objects': over the error with
-  the clip's own caption), on the clips where they differ, the
+  'shuffled'; 'motion_other': both motions replaced by others, whether motion words are
+  used at all) over the error with the right prompt ('caption_objects': over the error
+  with the clip's own caption), on the clips where they differ, the
   same noisy latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
   which object the words belong to; 'se' is the standard error of the ratio over clips."""
   dit = dit_lib.dit_from_config(cfg)
@@ -159,6 +160,8 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   conds["shuffled"] = (batch["emb"]["right"][sh], batch["mask"]["right"][sh])
   everywhere = np.ones(n, bool)
   valid = dict(batch["valid"], shuffled=everywhere)
+  if "motion_other" in conds:
+    valid["motion_other"] = everywhere
   baseline = {k: "right" for k in valid}
   if "caption_objects" in conds:
     valid["caption_objects"], baseline["caption_objects"] = everywhere, "caption"
