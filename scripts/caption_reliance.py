@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from sora_jax import paths
 from sora_jax.eval import caption_reliance
+from sora_jax.models import text_encoder as text_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config the workdir was trained with.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir with DiT checkpoints.")
@@ -31,6 +32,8 @@ _OUT = flags.DEFINE_string("out", "", "Output JSON (default WORKDIR/caption_reli
                            "or WORKDIR/binding.json with --binding).")
 _BINDING = flags.DEFINE_bool("binding", False, "Measure binding (see the module docstring).")
 _STEPS = flags.DEFINE_list("steps", [], "With --binding: checkpoint steps (default: the newest).")
+_TEXT = flags.DEFINE_bool("text_states", False, "With --binding: also measure whether the "
+                          "frozen text states carry each object's motion in its words.")
 
 
 def binding_main():
@@ -44,9 +47,15 @@ def binding_main():
     for t, row in r["by_t"].items():
       print(f"step {r['step']} t={t:>5}: " + "  ".join(
           f"{k} {v['ratio']:.3f}±{v['se']:.3f}" for k, v in row.items() if isinstance(v, dict)))
+  record = {"num_clips": len(batch["x0"]), "rows": rows}
+  if _TEXT.value:
+    record["text_states"] = caption_reliance.text_state_binding(
+        text_lib.load_text_encoder(cfg))
+    print("text states, 1 - cos of the first colour word: motion swapped "
+          f"{record['text_states']['motion_swapped']:.4f}, unrelated prompts "
+          f"{record['text_states']['unrelated']:.4f}")
   out = _OUT.value or paths.join(workdir, "binding.json")
-  paths.write_bytes_atomic(out, json.dumps({"num_clips": len(batch["x0"]), "rows": rows},
-                                           indent=1).encode())
+  paths.write_bytes_atomic(out, json.dumps(record, indent=1).encode())
   print(f"{len(batch['x0'])} two-object clips -> {out}")
 
 

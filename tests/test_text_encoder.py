@@ -92,3 +92,25 @@ def test_matches_sentence_transformers(encoder):
   err = np.abs(emb - ref)[mask].max()
   print(f"MiniLM max abs err vs torch: {err:.2e}")
   assert err <= 1e-5, err
+
+
+def test_text_state_binding_tells_contextual_states_from_a_lookup_table(encoder):
+  """caption_reliance.text_state_binding: context-free states (an embedding table) give
+  exactly 0 for both distances; MiniLM's contextual states change a colour word's state
+  less when only its object's motion changes than between unrelated prompts."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from sora_jax.eval import caption_reliance  # pylint: disable=g-import-not-at-top
+
+  class Table:
+    table = np.random.default_rng(0).normal(size=(40000, 8)).astype(np.float32)
+    tokenize = staticmethod(encoder.tokenize)
+
+    def __call__(self, texts):
+      ids, mask = encoder.tokenize(texts)
+      return jnp.asarray(self.table[ids]), jnp.asarray(mask)
+
+  flat = caption_reliance.text_state_binding(Table(), num_prompts=20)
+  assert flat["prompts"] == 20 and flat["unrelated_pairs"] > 0
+  assert abs(flat["motion_swapped"]) < 1e-6 and abs(flat["unrelated"]) < 1e-6
+  real = caption_reliance.text_state_binding(encoder, num_prompts=20)
+  assert 0 < real["motion_swapped"] < real["unrelated"]

@@ -196,3 +196,41 @@ def binding_for_workdir(cfg, workdir: str, data_workdir: str | None = None,
   batch = batch or binding_batch(cfg, data_workdir or workdir, num_clips)
   return {"step": int(got), "num_clips": len(batch["x0"]),
           "by_t": measure_binding(cfg, params, batch, ts)}
+
+
+def text_state_binding(text, num_prompts: int = 200) -> dict:
+  """Do the frozen text states carry each object's motion in its own words? Over
+  `num_prompts` two-object prompts (bound_prompts of ShapesWorld training specs), 1 - cos
+  between the state of the first object's colour word with the right prompt and with the
+  motions swapped ('motion_swapped'), against the same between the states of that colour
+  word in two unrelated prompts ('unrelated', the scale of context)."""
+  colours = set(shapes_world.COLORS)
+  prompts = {"right": [], "motion": []}
+  for seed in range(100 * num_prompts):
+    spec = shapes_world.generate_clip(seed, 17, 32, 32)["spec"]
+    if len(spec["objects"]) != 2:
+      continue
+    bound = shapes_world.bound_prompts(spec, seed)
+    if "motion" in bound:
+      prompts["right"].append(bound["right"][0])
+      prompts["motion"].append(bound["motion"][0])
+    if len(prompts["right"]) == num_prompts:
+      break
+  ids, _ = text.tokenize(prompts["right"])
+  states = {k: np.asarray(text(v)[0], np.float32) for k, v in prompts.items()}
+
+  def colour_slot(i):
+    word = next(w for w in prompts["right"][i].replace(",", " ").split() if w in colours)
+    first_piece = text.tokenize([word])[0][0][1]  # after [CLS]
+    return word, int(np.flatnonzero(ids[i] == first_piece)[0])
+
+  def distance(a, b):
+    return 1.0 - float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+  slots = [colour_slot(i) for i in range(len(ids))]
+  swapped = [distance(states["right"][i, p], states["motion"][i, p]) for i, (_, p) in enumerate(slots)]
+  unrelated = [distance(states["right"][i, p], states["right"][j, q])
+               for i, (w, p) in enumerate(slots) for j, (v, q) in enumerate(slots)
+               if i < j and w == v]
+  return {"prompts": len(ids), "motion_swapped": float(np.mean(swapped)),
+          "unrelated": float(np.mean(unrelated)), "unrelated_pairs": len(unrelated)}
