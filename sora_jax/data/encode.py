@@ -194,18 +194,14 @@ def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
     m, logvar = vae_apply(jnp.asarray(videos[i:i + 16]))
     means.append(np.asarray(m))
     stds.append(np.asarray(jnp.exp(0.5 * logvar)))
-  cap_emb, cap_mask = text([_text(r["caption"]) for r in records])
-  pr_emb, pr_mask = text([_text(r["prompt"]) for r in records])
+  cap_emb, cap_mask = text([tfds_shapes.as_str(r["caption"]) for r in records])
+  pr_emb, pr_mask = text([tfds_shapes.as_str(r["prompt"]) for r in records])
   return {"latent_mean": np.concatenate(means), "latent_std": np.concatenate(stds),
           "caption_emb": np.asarray(cap_emb, np.float16), "caption_mask": np.asarray(cap_mask),
           "prompt_emb": np.asarray(pr_emb, np.float16), "prompt_mask": np.asarray(pr_mask),
-          "prompt": np.array([_text(r["prompt"]) for r in records]),
-          "caption": np.array([_text(r["caption"]) for r in records]),
-          "spec": np.array([_text(r["spec"]) for r in records])}
-
-
-def _text(x) -> str:
-  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+          "prompt": np.array([tfds_shapes.as_str(r["prompt"]) for r in records]),
+          "caption": np.array([tfds_shapes.as_str(r["caption"]) for r in records]),
+          "spec": np.array([tfds_shapes.as_str(r["spec"]) for r in records])}
 
 
 def _atomic_savez(path: epath.Path, arrays: dict) -> None:

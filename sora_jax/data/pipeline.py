@@ -191,10 +191,6 @@ class BatchPlan:
     return k, records.astype(np.int64), mask
 
 
-def _text(x) -> str:
-  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
-
-
 def collate(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
   """Stacks records: arrays -> (b, ...) arrays, text -> object arrays (b,) of str."""
   out = {}
@@ -202,7 +198,7 @@ def collate(records: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:
     values = [r[key] for r in records]
     if isinstance(values[0], (bytes, str)):
       arr = np.empty(len(values), object)
-      arr[:] = [_text(v) for v in values]
+      arr[:] = [tfds_shapes.as_str(v) for v in values]
       out[key] = arr
     else:
       out[key] = np.stack([np.asarray(v) for v in values])

@@ -48,6 +48,11 @@ def video_features() -> tfds.features.FeaturesDict:
   })
 
 
+def as_str(x) -> str:
+  """A Text feature of a decoded record (bytes, numpy bytes or str) as str."""
+  return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
 def clip_seed(seed: int, split: str, index: int) -> int:
   """The generate_clip seed of record `index` of `split` (uint32 range)."""
   return int(np.random.SeedSequence([seed, _SPLIT_CODE[split], index]).generate_state(1)[0])

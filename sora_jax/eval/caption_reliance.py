@@ -21,6 +21,7 @@ import numpy as np
 from sora_jax import paths
 from sora_jax.data import encode
 from sora_jax.data import shapes_world
+from sora_jax.data import tfds_shapes
 from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text_encoder as text_lib
@@ -88,21 +89,21 @@ BINDING_TS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
-  """The first `num_clips` two-object video clips of the encoded validation split, with
-  their prompts from `shapes_world.bound_prompts` (the right one and one per swapped
-  attribute) encoded by the config's text encoder (or `text`).
+  """The first `num_clips` two-object video clips of the encoded validation split and the
+  texts the binding probe conditions them on, encoded by the config's text encoder (or
+  `text`): from `shapes_world.bound_prompts`, 'right' (the clip's prompt), one prompt per
+  attribute of BINDING_ATTRIBUTES with that attribute bound to the other object (the right
+  prompt where both objects share it) and 'motion_other'; 'caption' (the clip's caption)
+  and 'caption_objects' (the same, objects' names exchanged: swap_caption_objects).
 
-  {'x0': normalised latent means, 'texts': {name: [prompt per clip]}, 'emb'/'mask':
-  {name: encoded}, 'valid': {attr: bool per clip (the objects differ in attr)}; 'caption'
-  is each clip's own caption and 'caption_objects' the same with the two objects' names
-  exchanged (shapes_world.swap_caption_objects: each start position and motion told of the
-  other object),
-  'shuffled': index of the clip whose right prompt is each clip's other-clip prompt}."""
+  Returns {'x0': normalised latent means, 'texts', 'emb', 'mask': {name: per clip},
+  'valid': {attr: bool per clip, the objects differ in attr}, 'shuffled': the clip whose
+  right prompt serves as each clip's other-clip prompt}."""
   source, _ = encode.data_source(cfg, workdir, "validation")
   recs, specs = [], []
   for i in range(len(source)):
     r = source[i]
-    spec = json.loads(encode._text(r["spec"]))  # pylint: disable=protected-access
+    spec = json.loads(tfds_shapes.as_str(r["spec"]))
     if r["latent_mean"].shape[0] > 1 and len(spec["objects"]) == 2:
       recs.append(r)
       specs.append((i, spec))
@@ -120,7 +121,7 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
       texts[k].append(bound.get(k, bound["right"])[0])
     for k in valid:
       valid[k].append(k in bound)
-    caption = encode._text(r["caption"])  # pylint: disable=protected-access
+    caption = tfds_shapes.as_str(r["caption"])
     texts["caption"].append(caption)
     texts["caption_objects"].append(shapes_world.swap_caption_objects(caption, spec))
   text = text or text_lib.load_text_encoder(cfg)
