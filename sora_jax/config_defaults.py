@@ -120,6 +120,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Trainable transformer blocks refining the projected text tokens before cross-attention
   # (HunyuanVideo's token refiner); they start as the identity. 0: none (Wan 2.1).
   cfg.dit.text_refiner_layers = 0
+  # Initial value of the refiner's residual gates: 0 starts it as the identity (what a
+  # warm start from a DiT without one needs); 1 lets its blocks act and learn at once.
+  cfg.dit.text_refiner_gate_init = 0.0
 
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()

@@ -268,3 +268,23 @@ def test_text_refiner_starts_as_the_identity_and_learns():
   other_text = text.copy()
   other_text[:, 3:] = 100.0
   np.testing.assert_allclose(a, apply({"params": params}, x, t, other_text, mask), atol=1e-5)
+
+
+def test_text_refiner_gate_init_opens_the_gates():
+  """dit.text_refiner_gate_init sets every residual gate's initial value: at 1 the refiner's
+  blocks act (and their weights get gradients) from the first step; init_text_refiner
+  gives the same parameters as the whole model's init would hold."""
+  cfg = tiny_cfg(text_refiner_layers=1, text_refiner_gate_init=1.0)
+  model = dit.dit_from_config(cfg)
+  x, t, text = inputs(2, 1, 4, 4)
+  mask = np.ones((2, 5), bool)
+  refiner = nn.unbox(jax.jit(model.init)(jax.random.key(0), x, t, text, mask)["params"])["text_refiner"]
+  for name in ("gate_attn_0", "gate_ffn_0"):
+    np.testing.assert_array_equal(refiner[name], np.ones(cfg.dit.dim, np.float32))
+  _, other = random_params(tiny_cfg())
+  params = {**other, "text_refiner": refiner}
+  grads = jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x, t, text, mask) ** 2))(params)
+  assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["text_refiner"]["attn_0"]))
+  fresh = dit.init_text_refiner(cfg)
+  np.testing.assert_array_equal(fresh["gate_ffn_0"], np.ones(cfg.dit.dim, np.float32))
+  assert jax.tree.structure(fresh) == jax.tree.structure(refiner)

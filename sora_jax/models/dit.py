@@ -324,8 +324,9 @@ class TextRefiner(nn.Module):
   """Trainable pre-norm transformer blocks over the projected text tokens (masked self-
   attention + MLP), as HunyuanVideo refines its text states before the DiT: the frozen
   encoder's tokens are refined for this model's cross-attention, e.g. to tie each object's
-  words together. Residual gates start at 0, so a new refiner starts as the identity and
-  can be added to a trained DiT (train.init_from) without changing its outputs."""
+  words together. Residual gates start at `gate_init`: at 0 (the default) a new refiner
+  starts as the identity and can be added to a trained DiT (train.init_from) without
+  changing its outputs; at 1 its blocks act, and learn, from the first step."""
   dim: int
   ffn_dim: int
   num_heads: int
@@ -333,6 +334,7 @@ class TextRefiner(nn.Module):
   eps: float
   dtype: Any
   param_dtype: Any
+  gate_init: float = 0.0
 
   @nn.compact
   def __call__(self, text_BSD, text_mask_BS):
@@ -342,7 +344,8 @@ class TextRefiner(nn.Module):
         scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)))
     gate = lambda name: self.param(
-        name, nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)), (self.dim,),
+        name, nn.with_logical_partitioning(nn.initializers.constant(self.gate_init), ("embed",)),
+        (self.dim,),
         self.param_dtype).astype(jnp.float32)
     x = text_BSD.astype(jnp.float32)
     for i in range(self.num_layers):
@@ -379,6 +382,7 @@ class WanDiT(nn.Module):
   attention_block: int = 512
   pooled_text: bool = False  # Pooled caption into the adaLN conditioning (not in Wan 2.1).
   text_refiner_layers: int = 0  # TextRefiner blocks over the text tokens (not in Wan 2.1).
+  text_refiner_gate_init: float = 0.0  # Their residual gates' initial value (0: identity).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -423,7 +427,8 @@ class WanDiT(nn.Module):
         name="condition_embedder")(t_BF, text_BLD.astype(self.dtype), text_mask_BL)
     if self.text_refiner_layers:
       text = TextRefiner(self.dim, self.ffn_dim, self.num_heads, self.text_refiner_layers,
-                         self.eps, self.dtype, self.param_dtype, name="text_refiner")(
+                         self.eps, self.dtype, self.param_dtype, self.text_refiner_gate_init,
+                         name="text_refiner")(
                              text, text_mask_BL)
     text = nn.with_logical_constraint(text, ("batch", "text_tokens", "embed"))
     cos, sin = rope_tables(f, gh, gw, self.dim // self.num_heads, self.rope_theta)
@@ -477,7 +482,8 @@ def dit_from_config(cfg) -> WanDiT:
       dropout=d.dropout, rope_theta=d.rope_theta, scan_layers=d.scan_layers,
       scan_unroll=d.scan_unroll, remat_policy=d.remat_policy, attention=d.attention,
       attention_block=d.attention_block, pooled_text=bool(d.pooled_text),
-      text_refiner_layers=d.text_refiner_layers, dtype=jnp.dtype(d.dtype),
+      text_refiner_layers=d.text_refiner_layers,
+      text_refiner_gate_init=float(d.text_refiner_gate_init), dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 
@@ -498,14 +504,14 @@ def param_shapes(cfg):
 
 
 def init_text_refiner(cfg, seed: int = 0) -> dict:
-  """Fresh (unboxed) parameters of `cfg`'s TextRefiner alone, as `params['text_refiner']`:
-  its residual gates are 0, so a trained DiT given them computes what it computed
-  without (train.init_from adds a refiner to a DiT trained without one)."""
+  """Fresh (unboxed) parameters of `cfg`'s TextRefiner alone, as `params['text_refiner']`
+  (train.init_from adds a refiner to a DiT trained without one): with the default
+  dit.text_refiner_gate_init = 0 the DiT given them computes what it computed without."""
   model = dit_from_config(cfg)
   if not model.text_refiner_layers:
     raise ValueError("init_text_refiner: dit.text_refiner_layers is 0")
   refiner = TextRefiner(model.dim, model.ffn_dim, model.num_heads, model.text_refiner_layers,
-                        model.eps, model.dtype, model.param_dtype)
+                        model.eps, model.dtype, model.param_dtype, model.text_refiner_gate_init)
   text = jnp.zeros((1, 1, model.dim), model.dtype)
   return nn.unbox(refiner.init(jax.random.key(seed), text, jnp.ones((1, 1), bool))["params"])
 

@@ -11,7 +11,8 @@ a donated state; parameters are born sharded.
 
 Warm start (`train.init_from`, a sora_jax workdir): the DiT starts from that workdir's
 newest EMA weights, with a fresh optimizer and step 0; a text refiner (dit.text_refiner_layers)
-the checkpoint lacks starts from its init, gates 0, so the outputs start unchanged.
+the checkpoint lacks starts from its init (with dit.text_refiner_gate_init = 0, the default,
+the outputs start unchanged).
 
 Fine-tuning open weights (`config.weights`, e.g. Wan 2.1): the DiT starts from the loaded
 parameters (each host reads its own shards), and with `train.lora_rank > 0` only LoRA
@@ -200,7 +201,8 @@ def load_init_from(cfg, mesh, rules) -> dict:
     # loaded model computes what it computed before.
     params = {**params, "text_refiner": dit_lib.init_text_refiner(cfg, cfg.seed)}
     print(f"[train] train.init_from: dit.text_refiner_layers={cfg.dit.text_refiner_layers} "
-          "is new: the refiner starts from its init (gates 0, outputs unchanged)", flush=True)
+          "is new: the refiner starts from its init (gates "
+          f"{cfg.dit.text_refiner_gate_init:g})", flush=True)
   got_paths, want_paths = leaf_shapes(params), leaf_shapes(want)
   if got_paths != want_paths:
     diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:4]
