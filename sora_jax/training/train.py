@@ -197,8 +197,8 @@ def load_init_from(cfg, mesh, rules) -> dict:
   leaf_shapes = lambda tree: {jax.tree_util.keystr(p): tuple(np.shape(x))
                               for p, x in jax.tree_util.tree_leaves_with_path(tree)}
   if "text_refiner" in want and "text_refiner" not in params:
-    # A text refiner added to a DiT trained without one: its gates start at 0, so the
-    # loaded model computes what it computed before.
+    # A text refiner added to a DiT trained without one (the same on every host: seeded);
+    # with dit.text_refiner_gate_init = 0 the loaded model computes what it did before.
     params = {**params, "text_refiner": dit_lib.init_text_refiner(cfg, cfg.seed)}
     print(f"[train] train.init_from: dit.text_refiner_layers={cfg.dit.text_refiner_layers} "
           "is new: the refiner starts from its init (gates "
