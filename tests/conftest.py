@@ -67,6 +67,20 @@ def _serve_generations():
         handlers[method] = download
 
 
+@pytest.fixture
+def no_local_gs(tmp_path, monkeypatch):
+  """Runs the test in an empty working folder, where `./gs:` would appear if a bucket path
+  escaped sora_jax.paths; returns the check that none did (there or in the repository)."""
+  cwd = tmp_path / "cwd"
+  cwd.mkdir()
+  monkeypatch.chdir(cwd)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+  def check():
+    assert not (cwd / "gs:").exists() and not os.path.exists(os.path.join(root, "gs:"))
+  return check
+
+
 @pytest.fixture(scope="session")
 def gcs():
   """The emulator's endpoint variables (one per client), set in this process too."""

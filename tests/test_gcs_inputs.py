@@ -5,7 +5,6 @@ same files as a local one. Against conftest.py's GCS emulator; nothing may land 
 local `./gs:` folder.
 """
 import json
-import os
 
 import jax
 import ml_dtypes
@@ -19,21 +18,7 @@ from sora_jax.convert import safetensors_io
 from sora_jax.data import build
 from sora_jax.data import video_io
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUCKET = "gs://test-bucket/inputs"
-
-
-@pytest.fixture
-def cwd(tmp_path, monkeypatch):
-  """An empty working folder: where `./gs:` would appear if a path escaped the abstraction."""
-  d = tmp_path / "cwd"
-  d.mkdir()
-  monkeypatch.chdir(d)
-  return d
-
-
-def _no_local_gs(cwd):
-  assert not (cwd / "gs:").exists() and not os.path.exists(os.path.join(ROOT, "gs:"))
 
 
 def _upload(local, url):
@@ -50,7 +35,7 @@ def _same_arrays(got: dict, want: dict):
                                   np.asarray(want[k]).view(np.uint8))
 
 
-def test_safetensors_read_from_and_written_to_a_bucket(gcs, tmp_path, cwd, monkeypatch):
+def test_safetensors_read_from_and_written_to_a_bucket(gcs, tmp_path, no_local_gs, monkeypatch):
   del gcs
   r = np.random.default_rng(0)
   shards = {"model-00001-of-00002.safetensors": {
@@ -96,7 +81,7 @@ def test_safetensors_read_from_and_written_to_a_bucket(gcs, tmp_path, cwd, monke
     paths.copy_file(tmp_path / "out.safetensors", f"{BUCKET}/out/cut.safetensors")
   paths.forget_listings(f"{BUCKET}/out")
   assert not paths.path(f"{BUCKET}/out/cut.safetensors").exists()
-  _no_local_gs(cwd)
+  no_local_gs()
 
 
 # ------------------------------------------------------------------ open weights + LoRA
@@ -117,7 +102,7 @@ def _tiny_config(weights):
   return wan_tiny.tiny_config(weights)
 
 
-def test_open_weights_folder_on_a_bucket_loads_like_the_local_one(wan, cwd):
+def test_open_weights_folder_on_a_bucket_loads_like_the_local_one(wan, no_local_gs):
   from sora_jax.config_check import check  # pylint: disable=g-import-not-at-top
   from sora_jax.convert import wan_vae  # pylint: disable=g-import-not-at-top
   from sora_jax.models import weights  # pylint: disable=g-import-not-at-top
@@ -136,7 +121,7 @@ def test_open_weights_folder_on_a_bucket_loads_like_the_local_one(wan, cwd):
   jax.tree.map(same, enc.params, enc_ref.params)
   for a, b in zip(enc(prompts), enc_ref(prompts)):
     same(a, b)
-  _no_local_gs(cwd)
+  no_local_gs()
 
 
 def _tree_bytes(root) -> dict[str, bytes]:
@@ -145,7 +130,7 @@ def _tree_bytes(root) -> dict[str, bytes]:
   return {str(f.relative_to(root)): f.read_bytes() for f in paths.files(root)}
 
 
-def test_lora_export_to_a_bucket_writes_the_local_export_files(wan, tmp_path, cwd):
+def test_lora_export_to_a_bucket_writes_the_local_export_files(wan, tmp_path, no_local_gs):
   """Base weights and export folder both on the bucket vs both local: the same files with
   the same bytes (the local export symlinks the base's components; a bucket has no links,
   so there they are copies). No training: adapters are written straight into a checkpoint."""
@@ -166,7 +151,7 @@ def test_lora_export_to_a_bucket_writes_the_local_export_files(wan, tmp_path, cw
   assert sorted(got) == sorted(want) and "transformer/config.json" in got
   for name, data in want.items():
     assert got[name] == data, name
-  _no_local_gs(cwd)
+  no_local_gs()
 
 
 # ------------------------------------------------------------------ videos and images
@@ -207,7 +192,7 @@ def _records(builder) -> list[dict]:
   return [src[i] for i in range(len(src))]
 
 
-def test_video_dir_on_a_bucket_builds_the_local_records(videos, tmp_path, cwd):
+def test_video_dir_on_a_bucket_builds_the_local_records(videos, tmp_path, no_local_gs):
   from sora_jax.config_check import check  # pylint: disable=g-import-not-at-top
   local, url = videos
   check(_folder_cfg(url), "data")  # data.video_dir is a folder
@@ -230,10 +215,10 @@ def test_video_dir_on_a_bucket_builds_the_local_records(videos, tmp_path, cwd):
     assert sorted(a) == sorted(b)
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
-  _no_local_gs(cwd)
+  no_local_gs()
 
 
-def test_sample_image_and_video_on_a_bucket_read_the_local_pixels(videos, cwd):
+def test_sample_image_and_video_on_a_bucket_read_the_local_pixels(videos, no_local_gs):
   from sora_jax.config_check import check  # pylint: disable=g-import-not-at-top
   from sora_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   local, url = videos
@@ -257,10 +242,10 @@ def test_sample_image_and_video_on_a_bucket_read_the_local_pixels(videos, cwd):
                                 video_io.read_video(f"{local}/wide.mp4")[0])
   with pytest.raises(video_io.VideoReadError, match="no such file"):
     video_io.read_image(f"{url}/missing.png")
-  _no_local_gs(cwd)
+  no_local_gs()
 
 
-def test_prompt_and_job_files_on_a_bucket_read_as_utf8(gcs, tmp_path, cwd):
+def test_prompt_and_job_files_on_a_bucket_read_as_utf8(gcs, tmp_path, no_local_gs):
   from sora_jax.config_check import sample_jobs  # pylint: disable=g-import-not-at-top
   from sora_jax.sampling import sample  # pylint: disable=g-import-not-at-top
   del gcs
@@ -278,4 +263,4 @@ def test_prompt_and_job_files_on_a_bucket_read_as_utf8(gcs, tmp_path, cwd):
   want, got = read.values()
   assert got == want == (["un carré rouge", "a blue circle"],
                          [("un carré", "t2v"), ("a red circle moving left", "t2i")])
-  _no_local_gs(cwd)
+  no_local_gs()

@@ -36,20 +36,7 @@ def _script(name: str):
   return module
 
 
-@pytest.fixture
-def cwd(tmp_path, monkeypatch):
-  """An empty working folder: where `./gs:` would appear if a path escaped the abstraction."""
-  d = tmp_path / "cwd"
-  d.mkdir()
-  monkeypatch.chdir(d)
-  return d
-
-
-def _no_local_gs(cwd):
-  assert not (cwd / "gs:").exists() and not os.path.exists(os.path.join(ROOT, "gs:"))
-
-
-def test_adherence_curve_reads_and_writes_a_bucket_workdir(gcs, tmp_path, cwd):
+def test_adherence_curve_reads_and_writes_a_bucket_workdir(gcs, tmp_path, no_local_gs):
   del gcs
   curve = _script("adherence_curve")
   run = f"{BUCKET}/run"
@@ -86,10 +73,10 @@ def test_adherence_curve_reads_and_writes_a_bucket_workdir(gcs, tmp_path, cwd):
   assert (paths.path(f"{run}/out/curve.json").read_bytes()
           == (tmp_path / "curve.json").read_bytes())
   assert paths.path(f"{run}/out/curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-  _no_local_gs(cwd)
+  no_local_gs()
 
 
-def test_a_bucket_workdirs_config_loads_like_the_local_one(gcs, cwd):
+def test_a_bucket_workdirs_config_loads_like_the_local_one(gcs, no_local_gs):
   """paths.load_config (score_pretrained, sampler_sweep) on a bucket copy of the shipped
   config.py gives what Python's own import of the local file gives."""
   del gcs
@@ -101,4 +88,4 @@ def test_a_bucket_workdirs_config_loads_like_the_local_one(gcs, cwd):
   paths.copy_file(local, f"{BUCKET}/shipped/config.py")
   assert paths.load_config(f"{BUCKET}/shipped/config.py").to_dict() == want
   assert paths.load_config(local).to_dict() == want
-  _no_local_gs(cwd)
+  no_local_gs()
