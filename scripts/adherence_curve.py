@@ -55,7 +55,7 @@ def _earlier_rows(continues: str) -> list[dict]:
 
 def _write(out: str, record: dict) -> None:
   """OUT.json (`record`) and OUT.png (its curve); `out` may be on a bucket."""
-  paths.write_bytes_atomic(out + ".json", json.dumps(record, indent=1).encode())
+  paths.write_json(out + ".json", record)
   paths.write_bytes_atomic(out + ".png", _plot(record["rows"]))
 
 

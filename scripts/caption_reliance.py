@@ -12,8 +12,6 @@ each of --steps; writes OUT (default WORKDIR/binding.json).
       [--data_workdir=W_WITH_ENCODED_DATA] [--step=N] [--config.data.data_dir=...]
   python scripts/caption_reliance.py ... --binding --steps=2000,4000,6000
 """
-import json
-
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -55,7 +53,7 @@ def binding_main():
           f"{record['text_states']['motion_swapped']:.4f}, unrelated prompts "
           f"{record['text_states']['unrelated']:.4f}")
   out = _OUT.value or paths.join(workdir, "binding.json")
-  paths.write_bytes_atomic(out, json.dumps(record, indent=1).encode())
+  paths.write_json(out, record)
   print(f"{len(batch['x0'])} two-object clips -> {out}")
 
 
@@ -69,7 +67,7 @@ def main(argv):
     print(f"t={t:>5}: x0 MSE right {e['right']:.4f}  shuffled {e['shuffled']:.4f}  "
           f"null {e['null']:.4f}  ratio {e['ratio']:.3f}")
   out = _OUT.value or paths.join(_WORKDIR.value, "caption_reliance.json")
-  paths.write_bytes_atomic(out, json.dumps(r, indent=1).encode())
+  paths.write_json(out, r)
   print(f"step {r['step']}, {r['num_clips']} clips -> {out}")
 
 

@@ -15,8 +15,6 @@ distinct clips would help; equal figures mean the data is not what limits it.
 DATA holds the encoded set (--mode=encode); the model's own latent statistics
 (WORKDIR/latent_stats.json) normalise it. Writes OUT (JSON) and prints a table.
 """
-import json
-
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -67,7 +65,7 @@ def main(argv):
     print(f"{name:>10} ({result[name]['clips']} clips): eval_loss {np.mean(losses):.4f}  " +
           "  ".join(f"t={t:g}: {v:.4f}" for t, v in zip(ts, losses)), flush=True)
   if _OUT.value:
-    paths.write_bytes_atomic(_OUT.value, json.dumps(result, indent=1).encode())
+    paths.write_json(_OUT.value, result)
 
 
 if __name__ == "__main__":

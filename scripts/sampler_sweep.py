@@ -8,7 +8,6 @@ prints one row per setting.
       --cfg_scales=2,4,6 --solvers=euler --steps=30 --shifts=-1 --out=/tmp/sweep
 """
 import itertools
-import json
 import time
 
 from absl import app, flags
@@ -49,9 +48,9 @@ def main(argv):
                                               ("color", "count", "shape", "size", "motion",
                                                "permanence", "background") if k in m),
           flush=True)
-  paths.write_bytes_atomic(_OUT.value + ".json", json.dumps(
-      {"workdir": _WORKDIR.value, "dit_step": int(pipe.step), "num_prompts": _NUM.value,
-       "rows": rows}, indent=1).encode())
+  paths.write_json(_OUT.value + ".json", {
+      "workdir": _WORKDIR.value, "dit_step": int(pipe.step), "num_prompts": _NUM.value,
+      "rows": rows})
   print(f"-> {_OUT.value}.json")
 
 

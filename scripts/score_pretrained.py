@@ -5,7 +5,6 @@ tests/test_pretrained.py) and prints the model / ground-truth match rates.
 
   python scripts/score_pretrained.py --workdir=pretrained/shapes [--num_prompts=64]
 """
-import json
 import time
 
 from absl import app, flags
@@ -32,7 +31,7 @@ def main(argv):
   result["dit_step"] = int(pipe.step)
   result["seconds"] = time.time() - t0
   out = _OUT.value or paths.join(_WORKDIR.value, "adherence.json")
-  paths.write_bytes_atomic(out, json.dumps(result, indent=1).encode())
+  paths.write_json(out, result)
   print(f"model match {result['model']['match']:.3f}  VAE round trip "
         f"{result['vae_ceiling']['match']:.3f}  ground truth "
         f"{result['ground_truth']['match']:.3f}  ratio {result['ratio']}  -> {out}")

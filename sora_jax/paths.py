@@ -10,6 +10,7 @@ np.memmap, array_record) get a local stand-in: `local_file`, `local_dir`, `atomi
 """
 import contextlib
 import importlib.util
+import json
 import io
 import os
 import shutil
@@ -131,6 +132,11 @@ def write_bytes_atomic(p, data: bytes) -> None:
     return
   with atomic_writer(p) as f:
     f.write(data)
+
+
+def write_json(p, obj) -> None:
+  """`obj` as indented JSON in file `p`, written whole or not at all (write_bytes_atomic)."""
+  write_bytes_atomic(p, json.dumps(obj, indent=1).encode())
 
 
 @contextlib.contextmanager
