@@ -123,6 +123,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Initial value of the refiner's residual gates: 0 starts it as the identity (what a
   # warm start from a DiT without one needs); 1 lets its blocks act and learn at once.
   cfg.dit.text_refiner_gate_init = 0.0
+  # Double-stream MMDiT blocks (SD3 / Flux / HunyuanVideo): the text tokens get their own
+  # adaLN-modulated stream (q/k/v, output, MLP) and attend jointly with the video tokens in
+  # one attention, in place of cross-attention. False: Wan 2.1's blocks.
+  cfg.dit.joint_attention = False
 
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()

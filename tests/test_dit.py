@@ -217,9 +217,10 @@ def test_scale_configs_match_published_parameter_counts(name, published):
   assert abs(n - published) / published < 0.01, n
 
 
-def test_count_flops_matches_xla_cost_analysis():
+@pytest.mark.parametrize("joint", [False, True])
+def test_count_flops_matches_xla_cost_analysis(joint):
   # Unrolled layers: XLA's cost analysis counts a scan's loop body once.
-  cfg = tiny_cfg(scan_layers=False)
+  cfg = tiny_cfg(scan_layers=False, joint_attention=joint)
   model = dit.dit_from_config(cfg)
   params = nn.unbox(dit.param_shapes(cfg))
   x, t, text = inputs(1, 5, 8, 8, text_len=32)
@@ -288,3 +289,99 @@ def test_text_refiner_gate_init_opens_the_gates():
   fresh = dit.init_text_refiner(cfg)
   np.testing.assert_array_equal(fresh["gate_ffn_0"], np.ones(cfg.dit.dim, np.float32))
   assert jax.tree.structure(fresh) == jax.tree.structure(refiner)
+
+
+def _np_joint_block(p, x, txt, mask, mod, cos, sin, heads, eps=1e-6):
+  """NumPy reference of one double-stream block (SD3's JointTransformerBlock with per-frame
+  adaLN, 3D RoPE on the video q/k): written from the formulas, not from dit.py."""
+  gelu = lambda a: 0.5 * a * (1 + np.tanh(np.sqrt(2 / np.pi) * (a + 0.044715 * a ** 3)))
+  ln = lambda a: (a - a.mean(-1, keepdims=True)) / np.sqrt(a.var(-1, keepdims=True) + eps)
+  rms = lambda a, w: a / np.sqrt((a ** 2).mean(-1, keepdims=True) + eps) * w
+  lin = lambda a, q: a @ np.asarray(q["kernel"]) + np.asarray(q["bias"])
+  b, l, d = x.shape
+  f = mod.shape[1]
+  per_tok = lambda m: np.repeat(m, l // f, axis=1)  # (B, F, D) -> (B, L, D), frame-major.
+  e = np.asarray(p["scale_shift_table"])[None, None] + mod  # (B, F, 6, D)
+  et = np.asarray(p["text_scale_shift_table"])[None] + mod.mean(1)  # (B, 6, D)
+  ev = [per_tok(e[:, :, i]) for i in range(6)]
+  etx = [et[:, None, i] for i in range(6)]
+  a = p["attn"]
+  h = ln(x) * (1 + ev[1]) + ev[0]
+  ht = ln(txt) * (1 + etx[1]) + etx[0]
+  q, k, v = (lin(h, a[n]) for n in ("to_q", "to_k", "to_v"))
+  qt, kt, vt = (lin(ht, a[n]) for n in ("add_q_proj", "add_k_proj", "add_v_proj"))
+  q, k = rms(q, np.asarray(a["norm_q"]["scale"])), rms(k, np.asarray(a["norm_k"]["scale"]))
+  qt = rms(qt, np.asarray(a["norm_added_q"]["scale"]))
+  kt = rms(kt, np.asarray(a["norm_added_k"]["scale"]))
+  hd = d // heads
+  def rope(z):  # Interleaved pairs as complex numbers times e^{i angle}.
+    zc = z.reshape(b, l, heads, hd // 2, 2)
+    zc = (zc[..., 0] + 1j * zc[..., 1]) * (cos + 1j * sin)[None, :, None]
+    return np.stack([zc.real, zc.imag], -1).reshape(b, l, heads, hd)
+  q, k = rope(q.reshape(b, l, heads, hd)), rope(k.reshape(b, l, heads, hd))
+  s = txt.shape[1]
+  qa = np.concatenate([q, qt.reshape(b, s, heads, hd)], 1)
+  ka = np.concatenate([k, kt.reshape(b, s, heads, hd)], 1)
+  va = np.concatenate([v.reshape(b, l, heads, hd), vt.reshape(b, s, heads, hd)], 1)
+  logits = np.einsum("bqhd,bkhd->bhqk", qa, ka) / np.sqrt(hd)
+  keep = np.concatenate([np.ones((b, l), bool), mask], 1)[:, None, None]
+  logits = np.where(keep, logits, -np.inf)
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  o = np.einsum("bhqk,bkhd->bqhd", w / w.sum(-1, keepdims=True), va).reshape(b, l + s, d)
+  x = x + lin(o[:, :l], a["to_out"]) * ev[2]
+  txt = txt + lin(o[:, l:], a["to_add_out"]) * etx[2]
+  mlp = lambda z, q: lin(gelu(lin(z, q["fc1"])), q["fc2"])
+  x = x + mlp(ln(x) * (1 + ev[4]) + ev[3], p["ffn"]) * ev[5]
+  txt = txt + mlp(ln(txt) * (1 + etx[4]) + etx[3], p["ffn_text"]) * etx[5]
+  return x, txt
+
+
+def test_joint_block_matches_numpy_reference():
+  """dit.JointBlock (double-stream MMDiT block) against a NumPy re-derivation: per-frame
+  modulation of the video stream, frame-averaged modulation of the text stream, one masked
+  softmax over video + text tokens, RoPE on the video q/k only."""
+  d, heads, ffn, f, gh, gw, s = 48, 2, 96, 2, 2, 3, 5
+  l = f * gh * gw
+  r = np.random.default_rng(0)
+  x = r.standard_normal((2, l, d)).astype(np.float32)
+  txt = r.standard_normal((2, s, d)).astype(np.float32)
+  mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+  mod = (0.3 * r.standard_normal((2, f, 6, d))).astype(np.float32)
+  cos, sin = dit.rope_tables(f, gh, gw, d // heads)
+  block = dit.JointBlock(d, ffn, heads, True, 1e-6, 0.0, True, "xla", jnp.float32, jnp.float32)
+  params = nn.unbox(block.init(jax.random.key(0), (x, txt), mask, mod, cos, sin)["params"])
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = tree.unflatten([p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  (got_x, got_t), _ = jax.jit(block.apply)({"params": params}, (x, txt), mask, mod, cos, sin)
+  want_x, want_t = _np_joint_block(jax.tree.map(np.asarray, params), x.astype(np.float64),
+                                   txt.astype(np.float64), mask, mod.astype(np.float64),
+                                   np.asarray(cos, np.float64), np.asarray(sin, np.float64), heads)
+  np.testing.assert_allclose(np.asarray(got_x), want_x, rtol=2e-4, atol=2e-4)
+  np.testing.assert_allclose(np.asarray(got_t)[mask], want_t[mask], rtol=2e-4, atol=2e-4)
+
+
+def test_joint_attention_model_uses_text_ignores_padding_and_trains_both_streams():
+  """dit.joint_attention: the whole DiT with double-stream blocks reads its prompt, ignores
+  masked text slots, gets gradients in both streams' weights; ring/ulysses are refused."""
+  cfg = tiny_cfg(joint_attention=True)
+  model, params = random_params(cfg)
+  assert "attn2" not in params["blocks"] and "ffn_text" in params["blocks"]
+  apply = jax.jit(model.apply)
+  x, t, text = inputs(2, 2, 4, 4)
+  mask = np.ones((2, 5), bool)
+  mask[:, 3:] = False
+  out = apply({"params": params}, x, t, text, mask)
+  padded = text.copy()
+  padded[:, 3:] = 100.0
+  np.testing.assert_allclose(out, apply({"params": params}, x, t, padded, mask), atol=1e-5)
+  other = text.copy()
+  other[:, 1] += 1.0
+  assert float(jnp.abs(out - apply({"params": params}, x, t, other, mask)).max()) > 1e-3
+  grads = jax.grad(lambda p: jnp.sum(apply({"params": p}, x, t, text, mask) ** 2))(params)
+  for name in ("add_q_proj", "to_add_out", "to_q"):
+    assert float(jnp.abs(grads["blocks"]["attn"][name]["kernel"]).max()) > 0, name
+  assert float(jnp.abs(grads["blocks"]["ffn_text"]["fc1"]["kernel"]).max()) > 0
+  with pytest.raises(ValueError, match="joint_attention"):
+    dit.dit_from_config(tiny_cfg(joint_attention=True, attention="ring")).init(
+        jax.random.key(0), *dit.example_inputs(cfg))

@@ -6,7 +6,9 @@
 Latents (B, T, H, W, C) are cut into (pt, ph, pw) patches -> tokens (B, L, dim), run
 through `num_layers` blocks and folded back to (B, T, H, W, C). Each block: adaLN-modulated
 self-attention over all spacetime tokens (QK RMS-norm over all heads, 3D RoPE), cross-
-attention to the projected text tokens, adaLN-modulated GELU-tanh MLP.
+attention to the projected text tokens, adaLN-modulated GELU-tanh MLP. With
+`joint_attention` the blocks are double-stream MMDiT blocks instead (`JointBlock`): the text
+tokens are a second stream with their own weights, both in one attention.
 
 Timesteps are per latent frame: `t_BT` in [0, 1] (or `t_B`, one per sample). Internally
 t * 1000 enters the sinusoidal embedding (Wan's convention, so converted Wan weights work).
@@ -29,6 +31,11 @@ it), P = pt*ph*pw:
   blocks/norm2/{scale, bias}                           (N, D)      if cross_attn_norm
   blocks/ffn/fc1 (N, D, F), blocks/ffn/fc2 (N, F, D)   + biases
   scale_shift_table (2, D);  proj_out/{kernel (D, P*C_out), bias}
+With joint_attention the blocks hold instead (no attn1/attn2/norm2):
+  blocks/{scale_shift_table, text_scale_shift_table}   (N, 6, D)
+  blocks/attn/{to_q,to_k,to_v,to_out, add_q_proj,add_k_proj,add_v_proj,to_add_out}
+  blocks/attn/norm_{q,k,added_q,added_k}/scale          if qk_norm
+  blocks/ffn/..., blocks/ffn_text/...                   video and text MLPs
 Parameters carry logical axis names ('embed', 'heads', 'mlp', 'channels', 'layers') and
 activations ('batch', 'tokens', 'text_tokens', 'embed', 'heads', 'kv', 'mlp'); the mesh
 rules in `config.mesh.rules` decide their sharding.
@@ -258,6 +265,100 @@ class Block(nn.Module):
     return x_BLD, None
 
 
+class JointAttention(nn.Module):
+  """One softmax attention over the video tokens and the text tokens together (MMDiT, as in
+  SD3, Flux's double-stream and HunyuanVideo's dual-stream blocks): each stream has its own
+  q/k/v and output projections and q/k norms; video q/k take RoPE, text q/k none; padded
+  text slots are masked out as keys. Names follow diffusers' SD3 `JointAttnProcessor`
+  (`to_*` video, `add_*_proj` / `to_add_out` text). Returns (video out, text out)."""
+  dim: int
+  num_heads: int
+  qk_norm: bool
+  eps: float
+  impl: str
+  dtype: Any
+  param_dtype: Any
+  block: int = 512
+
+  @nn.compact
+  def __call__(self, x_BLD, txt_BSD, txt_mask_BS, rope):
+    dense = lambda n, src: _DenseParams(self.dim, ("embed", "heads"), self.param_dtype,
+                                        name=n)(src.shape[-1])
+    q, k, v = _fused_projections(
+        x_BLD, [dense(n, x_BLD) for n in ("to_q", "to_k", "to_v")], self.dtype)
+    qt, kt, vt = _fused_projections(
+        txt_BSD, [dense(n, txt_BSD) for n in ("add_q_proj", "add_k_proj", "add_v_proj")],
+        self.dtype)
+    if self.qk_norm:
+      q = RMSNorm(self.eps, self.param_dtype, name="norm_q")(q)
+      k = RMSNorm(self.eps, self.param_dtype, name="norm_k")(k)
+      qt = RMSNorm(self.eps, self.param_dtype, name="norm_added_q")(qt)
+      kt = RMSNorm(self.eps, self.param_dtype, name="norm_added_k")(kt)
+    split = lambda a: a.reshape(a.shape[:2] + (self.num_heads, -1))
+    q, k, v, qt, kt, vt = map(split, (q, k, v, qt, kt, vt))
+    q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+    l = x_BLD.shape[1]
+    joint = lambda a, b: jnp.concatenate([a, b], axis=1)
+    mask = joint(jnp.ones(x_BLD.shape[:2], bool), txt_mask_BS)
+    o = attend(joint(q, qt), joint(k, kt), joint(v, vt), kv_mask_BS=mask, impl=self.impl,
+               block=self.block)
+    o = o.reshape(o.shape[:2] + (self.dim,))
+    out = _dense(self.dim, ("heads", "embed"), self.dtype, self.param_dtype, "to_out")(o[:, :l])
+    out_t = _dense(self.dim, ("heads", "embed"), self.dtype, self.param_dtype,
+                   "to_add_out")(o[:, l:])
+    return out, out_t
+
+
+class JointBlock(nn.Module):
+  """A double-stream (MMDiT) block, `dit.joint_attention`: the text tokens are a second
+  residual stream with their own adaLN modulation table, attention projections and MLP;
+  both streams meet in one joint attention (no cross-attention). So an object's words can
+  read each other and the frames at every layer, and the frames read the updated words.
+  The text stream is modulated by the time conditioning averaged over frames (t2v: every
+  frame's). __call__((x, text), ...) -> ((x, text), None) so it can run under nn.scan."""
+  dim: int
+  ffn_dim: int
+  num_heads: int
+  qk_norm: bool
+  eps: float
+  dropout: float
+  deterministic: bool
+  impl: str
+  dtype: Any
+  param_dtype: Any
+  attention_block: int = 512
+
+  @nn.compact
+  def __call__(self, carry, text_mask_BS, mod_BF6D, rope_cos_LK, rope_sin_LK):
+    x_BLD, txt_BSD = carry
+    table = lambda name: self.param(
+        name,
+        nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5), (None, "embed")),
+        (6, self.dim), self.param_dtype).astype(jnp.float32)
+    e = table("scale_shift_table")[None, None] + mod_BF6D
+    et = table("text_scale_shift_table")[None, None] + jnp.mean(mod_BF6D, 1, keepdims=True)
+    drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
+    act, act_t = ("batch", "tokens", "embed"), ("batch", "text_tokens", "embed")
+
+    h = _modulate(x_BLD, e[:, :, 0], e[:, :, 1], self.eps).astype(self.dtype)
+    ht = _modulate(txt_BSD, et[:, :, 0], et[:, :, 1], self.eps).astype(self.dtype)
+    h, ht = JointAttention(self.dim, self.num_heads, self.qk_norm, self.eps, self.impl,
+                           self.dtype, self.param_dtype, self.attention_block, name="attn")(
+                               h, ht, text_mask_BS, (rope_cos_LK, rope_sin_LK))
+    x_BLD = nn.with_logical_constraint(_gated_add(x_BLD, drop(h), e[:, :, 2]), act)
+    txt_BSD = nn.with_logical_constraint(_gated_add(txt_BSD, drop(ht), et[:, :, 2]), act_t)
+
+    ffn = lambda name, x, m: FeedForward(self.dim, self.ffn_dim, self.dtype, self.param_dtype,
+                                         name=name)(
+                                             _modulate(x, m[:, :, 3], m[:, :, 4],
+                                                       self.eps).astype(self.dtype))
+    x_BLD = nn.with_logical_constraint(
+        _gated_add(x_BLD, drop(ffn("ffn", x_BLD, e)), e[:, :, 5]), act)
+    txt_BSD = nn.with_logical_constraint(
+        _gated_add(txt_BSD, drop(ffn("ffn_text", txt_BSD, et)), et[:, :, 5]), act_t)
+    return (x_BLD, txt_BSD), None
+
+
 class FeedForward(nn.Module):
   dim: int
   ffn_dim: int
@@ -383,6 +484,7 @@ class WanDiT(nn.Module):
   pooled_text: bool = False  # Pooled caption into the adaLN conditioning (not in Wan 2.1).
   text_refiner_layers: int = 0  # TextRefiner blocks over the text tokens (not in Wan 2.1).
   text_refiner_gate_init: float = 0.0  # Their residual gates' initial value (0: identity).
+  joint_attention: bool = False  # Double-stream MMDiT blocks (JointBlock) instead of Wan's.
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -436,27 +538,36 @@ class WanDiT(nn.Module):
     if self.scan_unroll < 0:
       raise ValueError(f"dit.scan_unroll={self.scan_unroll}: give a number of layers per scan "
                        "iteration, or 0 for all of them")
-    block = Block
+    kw = dict(dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, qk_norm=self.qk_norm,
+              eps=self.eps, dropout=self.dropout, deterministic=deterministic,
+              impl=self.attention, dtype=self.dtype, param_dtype=self.param_dtype,
+              attention_block=self.attention_block)
+    if self.joint_attention:
+      if self.attention in ("ulysses", "ring"):
+        raise ValueError(f"dit.joint_attention runs one attention over video and text tokens; "
+                         f"dit.attention={self.attention!r} shards the video tokens only: use "
+                         "xla, cudnn, splash or blockwise")
+      block, carry, args = JointBlock, (x, text), (text_mask_BL, mod_BF6D, cos, sin)
+    else:
+      block, carry = Block, x
+      kw["cross_attn_norm"] = self.cross_attn_norm
+      args = (text, text_mask_BL, mod_BF6D, cos, sin)
     if self.remat_policy != "none":
       if self.remat_policy not in _REMAT_POLICIES:
         raise ValueError(f"dit.remat_policy={self.remat_policy!r}; choose none, "
                          f"{', '.join(_REMAT_POLICIES)}")
-      block = nn.remat(Block, prevent_cse=not self.scan_layers,
+      block = nn.remat(block, prevent_cse=not self.scan_layers,
                        policy=_REMAT_POLICIES[self.remat_policy])
-    kw = dict(dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, qk_norm=self.qk_norm,
-              cross_attn_norm=self.cross_attn_norm, eps=self.eps, dropout=self.dropout,
-              deterministic=deterministic, impl=self.attention, dtype=self.dtype,
-              param_dtype=self.param_dtype, attention_block=self.attention_block)
-    args = (text, text_mask_BL, mod_BF6D, cos, sin)
     if self.scan_layers:
-      x, _ = nn.scan(
+      carry, _ = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
           unroll=self.scan_unroll or self.num_layers,
-          metadata_params={nn.PARTITION_NAME: "layers"})(**kw, name="blocks")(x, *args)
+          metadata_params={nn.PARTITION_NAME: "layers"})(**kw, name="blocks")(carry, *args)
     else:
       for i in range(self.num_layers):
-        x, _ = block(**kw, name=f"blocks_{i}")(x, *args)
+        carry, _ = block(**kw, name=f"blocks_{i}")(carry, *args)
+    x = carry[0] if self.joint_attention else carry
 
     table = self.param(
         "scale_shift_table",
@@ -483,7 +594,8 @@ def dit_from_config(cfg) -> WanDiT:
       scan_unroll=d.scan_unroll, remat_policy=d.remat_policy, attention=d.attention,
       attention_block=d.attention_block, pooled_text=bool(d.pooled_text),
       text_refiner_layers=d.text_refiner_layers,
-      text_refiner_gate_init=float(d.text_refiner_gate_init), dtype=jnp.dtype(d.dtype),
+      text_refiner_gate_init=float(d.text_refiner_gate_init),
+      joint_attention=bool(d.joint_attention), dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 
@@ -537,9 +649,12 @@ def count_flops(cfg, frames, height, width, text_len) -> int:
   macs = l * patch * dim  # Patch embedding.
   macs += s * (cfg.text.dim * dim + dim * dim)  # Text projection.
   macs += f * (d.freq_dim * dim + dim * dim + dim * 6 * dim)  # Time MLP, once per frame.
-  per_layer = (4 * l * dim * dim + 2 * l * l * dim  # Self-attn: q,k,v,o and QK^T, PV.
-               + 2 * l * dim * dim + 2 * s * dim * dim + 2 * l * s * dim  # Cross-attn.
-               + 2 * l * dim * ffn)  # MLP.
+  if d.joint_attention:  # Both streams: q,k,v,o and MLP per token; one attention over l + s.
+    per_layer = 4 * (l + s) * dim * dim + 2 * (l + s) ** 2 * dim + 2 * (l + s) * dim * ffn
+  else:
+    per_layer = (4 * l * dim * dim + 2 * l * l * dim  # Self-attn: q,k,v,o and QK^T, PV.
+                 + 2 * l * dim * dim + 2 * s * dim * dim + 2 * l * s * dim  # Cross-attn.
+                 + 2 * l * dim * ffn)  # MLP.
   macs += d.num_layers * per_layer
   # Text refiner: q,k,v,o, QK^T and PV over the text tokens, and its MLP.
   macs += d.text_refiner_layers * (4 * s * dim * dim + 2 * s * s * dim + 2 * s * dim * ffn)
