@@ -116,7 +116,9 @@ def imported_row(kind: str, path: str, config: str, clip_name: str, slice_name: 
     r = data["train"]
     entries = [dict(mesh=data["mesh"], attention=cfg.dit.attention, remat=cfg.dit.remat_policy,
                     compiled=r["bytes_per_chip"], fits=r["fits"], collectives=r["collectives"],
-                    flops_per_chip=r["flops_per_chip"])]
+                    flops_per_chip=r["flops_per_chip"],
+                    collective_bytes=r.get("collective_bytes"),
+                    est_step_seconds=r.get("est_step_seconds"))]
   else:
     entries = [dict(mesh=e["mesh"], attention=e["attention"], remat=e["remat"],
                     compiled=e.get("bytes") or ({"total": e["bytes_per_chip"]}

@@ -94,7 +94,13 @@ def test_compile_json_has_the_contract_fields_and_refuses_what_does_not_fit(fsdp
   for name in ("train", "sample"):
     r = report[name]
     assert set(r) == {"bytes_per_chip", "hbm_bytes_per_chip", "fits", "flops_per_chip",
-                      "collectives", "custom_calls", "compile_seconds"}
+                      "collectives", "custom_calls", "compile_seconds", "collective_bytes",
+                      "hbm_bytes_accessed", "est_step_seconds"}
+    # The estimate is the floor of its three terms at the chip's published rates.
+    assert r["est_step_seconds"] == pytest.approx(max(
+        r["flops_per_chip"] / chip.bf16_flops, r["hbm_bytes_accessed"] / chip.hbm_bytes_per_s,
+        r["collective_bytes"] / chip.ici_bytes_per_s))
+    assert r["collective_bytes"] > 0 and r["hbm_bytes_accessed"] > 0
     b = r["bytes_per_chip"]
     assert set(b) == {"arguments", "outputs", "temps", "total"}
     assert 0 < b["total"] <= b["arguments"] + b["outputs"] + b["temps"]

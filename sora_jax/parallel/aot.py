@@ -455,7 +455,11 @@ def kernel_flops(cfg, program: str, chips_: int) -> float:
   t, h, w = config_check.latent_size(cfg, frames, height, width)
   pt, ph, pw = cfg.dit.patch_size
   tokens = (t // pt) * (h // ph) * (w // pw)
-  per_layer = 2 * 2 * tokens * (tokens + cfg.text.max_length) * cfg.dit.dim
+  s_text = cfg.text.max_length
+  if cfg.dit.joint_attention:  # One attention over video + text, queries of both streams.
+    per_layer = 2 * 2 * (tokens + s_text) ** 2 * cfg.dit.dim
+  else:  # Self-attention over the video, cross-attention to the text.
+    per_layer = 2 * 2 * tokens * (tokens + s_text) * cfg.dit.dim
   return per_layer * cfg.dit.num_layers * clips / chips_
 
 
@@ -529,6 +533,12 @@ def run(cfg, workdir: str) -> None:
       continue
     print(f"[compile] {name}: compiled in {results[name].report['compile_seconds']:.0f}s",
           flush=True)
+    r = results[name]
+    r.report["collective_bytes"] = r.collective_bytes
+    r.report["hbm_bytes_accessed"] = r.bytes_accessed
+    if chip:  # The table's floor on the step time, kept with the figures it comes from.
+      r.report["est_step_seconds"] = estimate_step_seconds(
+          chip, r.report["flops_per_chip"], r.bytes_accessed, r.collective_bytes)
     if c.num_slices > 1:
       dcn = cross_slice_transfers(results[name].hlo)
       print(f"[compile] {name}: bytes sent across slices (DCN) by kind: "
