@@ -130,6 +130,15 @@ def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
     mlp["kernel"], mlp["bias"] = np.zeros_like(mlp["kernel"]), np.zeros_like(mlp["bias"])
   dead = caption_reliance.measure(cfg, params, batch, ts=(0.9,))["0.9"]
   assert dead["right"] == dead["shuffled"] and dead["ratio"] == 1.0
+  # A v-predicting DiT is scored on its x0 estimate x_t - t * v, not on its raw output.
+  cfg.diffusion.prediction = "v"
+  x0 = batch["x0"]
+  eps = np.random.default_rng(0).standard_normal(x0.shape).astype(np.float32)
+  x_t = 0.1 * x0 + 0.9 * eps
+  v = np.asarray(dit_lib.dit_from_config(cfg).apply(
+      {"params": params}, x_t, np.full((len(x0),), 0.9, np.float32), batch["emb"], batch["mask"]))
+  got = caption_reliance.measure(cfg, params, batch, ts=(0.9,))["0.9"]["right"]
+  np.testing.assert_allclose(got, np.mean(np.square(x_t - 0.9 * v - x0)), rtol=1e-4)
 
 
 def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):

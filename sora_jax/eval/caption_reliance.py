@@ -52,10 +52,23 @@ def validation_batch(cfg, workdir: str, num_clips: int, field: str = "prompt") -
           "null": encode.null_text(cfg, workdir)}
 
 
+def x0_predictor(cfg):
+  """jit fn(params, x_t, t_B, text, mask) -> the DiT's x0 estimate (its output converted
+  by `rf.to_x0` for the config's `diffusion.prediction`: the output itself for 'x0')."""
+  dit = dit_lib.dit_from_config(cfg)
+  prediction = cfg.diffusion.prediction
+
+  @jax.jit
+  def fn(p, x, t, e, m):
+    out = dit.apply({"params": p}, x, t, e, m)
+    return rf.to_x0(out, x, jnp.broadcast_to(t[:, None], x.shape[:2]), prediction)
+
+  return fn
+
+
 def measure(cfg, params, batch: dict, ts=DEFAULT_TS, seed: int = 0) -> dict:
   """{str(t): {'right', 'shuffled', 'null': x0 MSE, 'ratio': shuffled / right}}."""
-  dit = dit_lib.dit_from_config(cfg)
-  fn = jax.jit(lambda p, x, t, e, m: dit.apply({"params": p}, x, t, e, m))
+  fn = x0_predictor(cfg)
   x0, emb, mask = batch["x0"], batch["emb"], batch["mask"]
   n = len(x0)
   eps = np.random.default_rng(seed).standard_normal(x0.shape).astype(np.float32)
@@ -144,14 +157,7 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   with the clip's own caption), on the clips where they differ, the
   same noisy latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
   which object the words belong to; 'se' is the standard error of the ratio over clips."""
-  dit = dit_lib.dit_from_config(cfg)
-  prediction = cfg.diffusion.prediction
-
-  @jax.jit
-  def fn(p, x, t, e, m):
-    out = dit.apply({"params": p}, x, t, e, m)
-    return rf.to_x0(out, x, jnp.broadcast_to(t[:, None], x.shape[:2]), prediction)
-
+  fn = x0_predictor(cfg)
   x0 = batch["x0"]
   n = len(x0)
   rng = np.random.default_rng(seed)
