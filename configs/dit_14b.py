@@ -2,7 +2,7 @@
 
 Target: TPU v5p-256 (128 chips, 32 hosts); mesh data=2, fsdp=16, sequence=4, tensor=1.
 FSDP over 16 chips holds the 14.3B f32 parameters + AdamW + EMA (~230 GB) at ~14 GB a chip
-(the whole train step compiles to 57.4 GB a chip of 95 GiB: `--mode=compile
+(the whole train step compiles to 57.3 GB a chip of 95 GiB: `--mode=compile
 --config.compile.topology=v5:4x4x8`, docs/results.md);
 720p, 81 frames is 21 x 45 x 80 = 75,600 tokens a clip, split 4 ways over 'sequence'
 (Ulysses: 40 heads / 4). bf16 compute, full remat, splash attention. Run the same command
