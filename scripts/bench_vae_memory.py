@@ -189,8 +189,8 @@ def main() -> None:
       row = {"config": name, "shape": shape, **_run_child(job)}
       print(json.dumps(row), flush=True)
       result["train_step"].append(row)
-  with open(args.out, "w") as f:
-    json.dump(result, f, indent=1)
+  from sora_jax import paths  # pylint: disable=g-import-not-at-top
+  paths.write_json(args.out, result)  # local or gs://, written atomically
   print(json.dumps(result))
 
 

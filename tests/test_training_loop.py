@@ -148,6 +148,8 @@ def test_every_step_unreadable_is_an_error_listing_them(tmp_path):
     _garble(str(tmp_path / "ckpt" / str(step)))
   with pytest.raises(checkpoint.UnreadableCheckpoints, match=r"steps 8, 4"):
     _run(wd, 12)
+  # The CLI prints ConfigErrors as one line (main._main_with_clear_errors), not a traceback.
+  assert issubclass(checkpoint.UnreadableCheckpoints, ConfigError)
   assert _steps(wd) == [4, 8] and not (tmp_path / "ckpt.unreadable").exists()
   assert not (tmp_path / "ckpt" / "12").exists()  # no silent restart
 

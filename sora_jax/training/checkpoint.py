@@ -32,8 +32,9 @@ from sora_jax.config_check import ConfigError
 UNREADABLE_SUFFIX = ".unreadable"
 
 
-class UnreadableCheckpoints(RuntimeError):
-  """Every checkpoint step in a directory failed to restore."""
+class UnreadableCheckpoints(ConfigError):
+  """Every checkpoint step in a directory failed to restore (a ConfigError, so the CLI
+  prints it as one line and exits 2, like any other problem the user must fix)."""
 
 
 def _item_dir(directory: epath.Path, step: int) -> epath.Path:
