@@ -57,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax.models.attention import attend
-from sora_jax.models.norms import RMSNorm
+from sora_jax.models.norms import RMSNorm, rms_normalize
 
 _REMAT_POLICIES = {
     "full": None,  # Save nothing inside a block: recompute all of it in the backward pass.
@@ -409,8 +409,7 @@ class ConditionEmbedder(nn.Module):
       m = (jnp.ones(text_BSD.shape[:2], f32) if text_mask_BS is None
            else text_mask_BS.astype(f32))[..., None]
       pooled_BD = jnp.sum(text_BSD.astype(f32) * m, 1) / jnp.maximum(jnp.sum(m, 1), 1.0)
-      pooled_BD = pooled_BD * jax.lax.rsqrt(jnp.mean(jnp.square(pooled_BD), -1, keepdims=True)
-                                            + 1e-6)
+      pooled_BD = rms_normalize(pooled_BD, 1e-6)
       temb_BFD = temb_BFD + _TwoLayerMLP(self.dim, nn.silu, f32, self.param_dtype,
                                          name="pooled_text_embedder")(pooled_BD)[:, None]
     mod = _dense(6 * self.dim, ("embed", "mlp"), f32, self.param_dtype, "time_proj",

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sora_jax.models import norms
+
 Cache = dict  # Nested dict of arrays (the frames each causal layer remembers).
 
 _CH = "channels"  # Logical axis of parameter channel dimensions (see config mesh.rules).
@@ -73,16 +75,11 @@ def _downsample_time_init(key, shape, dtype=jnp.float32):
   return kernel.at[1, 0, 0].set(jnp.eye(shape[3], shape[4], dtype=dtype))
 
 
-class RMSNorm(nn.Module):
-  """Wan's RMS_norm: L2-normalise over channels, times sqrt(C) and a learned scale."""
-
-  @nn.compact
-  def __call__(self, x_NC: jax.Array) -> jax.Array:
-    c = x_NC.shape[-1]
-    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones_init(), (_CH,)), (c,))
-    # max(|x|, 1e-12) like torch's F.normalize, so an all-zero position stays zero.
-    sq = jnp.sum(jnp.square(x_NC), axis=-1, keepdims=True)
-    return x_NC * jax.lax.rsqrt(jnp.maximum(sq, 1e-24)) * (c**0.5) * scale
+def RMSNorm(name: str) -> norms.RMSNorm:  # pylint: disable=invalid-name
+  """Wan's RMS_norm: L2-normalise over channels, times sqrt(C) and a learned scale, i.e.
+  RMS normalisation with the norm floored at 1e-12 like torch's F.normalize (an all-zero
+  position stays zero)."""
+  return norms.RMSNorm(0.0, axis_name=_CH, min_norm=1e-12, name=name)
 
 
 class CausalConv3d(nn.Module):
