@@ -5,6 +5,9 @@ The tests check the checkpoint directory and the restored state, not the printed
 import os
 import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
@@ -198,15 +201,42 @@ def test_sigterm_saves_and_exits_then_resumes_exactly(tmp_path, at, stop_step):
   np.testing.assert_array_equal(resumed["w"], _run(str(tmp_path / "straight"), 16)["w"])
 
 
-def test_sigint_is_not_captured():
-  """Ctrl-C keeps Python's default handler during training (it stops even a hung step)."""
+_SPIN = """
+import sys, time, jax, jax.numpy as jnp
+from sora_jax.training import optim
+spin = jax.jit(lambda x: jax.lax.fori_loop(0, 3000, lambda i, a: jnp.tanh(a @ a), x))
+x = jnp.ones((512, 512)) * 0.01
+spin.lower(x).compile()
+stop = optim.StopSignal()
+print("READY", flush=True)
+t = time.time()
+spin(x).block_until_ready()  # several seconds inside XLA, as in a long or hung step
+print("finished", time.time() - t, flush=True)
+"""
+
+
+def test_sigint_ends_even_a_running_step():
+  """Ctrl-C during training ends the process at once, inside a running XLA computation
+  (Python's default handler would wait for it, then exit 0), and restore() puts Python's
+  handler back."""
+  proc = subprocess.Popen([sys.executable, "-c", _SPIN], stdout=subprocess.PIPE, text=True,
+                          cwd=os.path.join(os.path.dirname(__file__), ".."))
+  try:
+    assert proc.stdout.readline().strip() == "READY"
+    time.sleep(0.3)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=120)
+    waited = time.time() - sent
+  finally:
+    proc.kill()
+  assert rc == -signal.SIGINT and waited < 1.5, (rc, waited, proc.stdout.read())
   before = signal.getsignal(signal.SIGINT)
   stop = optim.StopSignal()
-  try:
-    assert signal.getsignal(signal.SIGINT) is before
-    assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
-  finally:
-    stop.restore()
+  assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
+  assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL
+  stop.restore()
+  assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_training_seconds_chain_resumed_segments():
