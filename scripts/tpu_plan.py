@@ -28,6 +28,7 @@ sys.path.insert(0, ROOT)
 
 import jax  # noqa: E402
 
+from sora_jax import paths  # noqa: E402  pylint: disable=g-import-not-at-top
 from sora_jax.parallel import aot, chips, planning  # noqa: E402  pylint: disable=g-import-not-at-top
 
 CONFIGS = ("configs/dit_1_3b.py", "configs/dit_14b.py", "configs/wan2_1_t2v_14b.py")
@@ -106,8 +107,7 @@ def imported_row(kind: str, path: str, config: str, clip_name: str, slice_name: 
   clip = planning.CLIPS[clip_name]
   topology, chip_key = SLICES[slice_name]
   chip = chips.CHIPS[chip_key]
-  with open(path) as f:
-    data = json.load(f)
+  data = json.loads(paths.read_text(path))
   base = {"config": os.path.basename(config), "clip": clip.name,
           "params": sum(math.prod(s) for s, _ in planning.param_leaves(cfg)),
           "tokens": planning.tokens_per_clip(cfg, clip), "slice": slice_name,
@@ -191,16 +191,21 @@ def main() -> None:
                       help="KIND:PATH:CONFIG:CLIP:SLICE, KIND compile (compile.json) or search "
                            "(search.json): add that run's train-step rows")
   args = parser.parse_args()
-  if args.import_run:
-    kind, path, config, clip, slice_name = args.import_run.split(":")
-    with open(args.rows, "a") as f:
-      for row in imported_row(kind, path, config, clip, slice_name):
-        f.write(json.dumps(row) + "\n")
-    return
   done = []
-  if os.path.exists(args.rows):
-    with open(args.rows) as f:
-      done = [json.loads(line) for line in f if line.strip()]
+  if paths.path(args.rows).exists():  # local or gs://
+    done = [json.loads(line) for line in paths.read_text(args.rows).splitlines() if line.strip()]
+
+  def add(row: dict) -> None:
+    """Appends a row: rewrites the whole file (append on gs:// would overwrite it)."""
+    done.append(row)
+    paths.write_bytes_atomic(args.rows, "".join(json.dumps(r) + "\n" for r in done).encode())
+
+  if args.import_run:
+    kind, rest = args.import_run.split(":", 1)  # PATH may be gs://...: split from the right
+    path, config, clip, slice_name = rest.rsplit(":", 3)
+    for row in imported_row(kind, path, config, clip, slice_name):
+      add(row)
+    return
   if args.write:
     configs = {}
     for r in done:  # the planner as it is now (it is refitted to the compiler over time)
@@ -236,8 +241,7 @@ def main() -> None:
         print(f"[tpu_plan] {key} ...", flush=True)
         row = compile_row(config, clip, slice_name)
         print(f"[tpu_plan] {json.dumps(row)}", flush=True)
-        with open(args.rows, "a") as f:
-          f.write(json.dumps(row) + "\n")
+        add(row)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The scripts under scripts/ read and write a bucket workdir's files like local ones:
 adherence_curve's metrics.jsonl / --continues reading and its JSON + PNG writer, and a
-workdir config.py that score_pretrained / sampler_sweep load (paths.load_config). Against
+workdir config.py that score_pretrained / sampler_sweep load (paths.load_config), and
+tpu_plan's rows file. Against
 conftest.py's GCS emulator; nothing may land under a local `./gs:` folder.
 """
 import importlib.util
@@ -89,3 +90,30 @@ def test_a_bucket_workdirs_config_loads_like_the_local_one(gcs, no_local_gs):
   assert paths.load_config(f"{BUCKET}/shipped/config.py").to_dict() == want
   assert paths.load_config(local).to_dict() == want
   no_local_gs()
+
+
+def test_tpu_plan_appends_rows_to_a_bucket_file(gcs, monkeypatch, no_local_gs):
+  """scripts/tpu_plan.py --import_run adds a compile.json's train row to a rows file on a
+  bucket, keeping the rows already there (append on gs:// would overwrite them), with the
+  MFU estimate from its est_step_seconds."""
+  del gcs
+  import sys  # pylint: disable=g-import-not-at-top
+  plan = _script("tpu_plan")
+  train = {"bytes_per_chip": {"arguments": 1e10, "outputs": 1e10, "temps": 3e10, "total": 4e10},
+           "hbm_bytes_per_chip": 102e9, "fits": True, "flops_per_chip": 6.5e15,
+           "collectives": {"all-gather": 3}, "custom_calls": {}, "compile_seconds": 1.0,
+           "collective_bytes": 1e11, "hbm_bytes_accessed": 1e12, "est_step_seconds": 20.0}
+  report = {"topology": "v5:4x4x8", "chips": 128,
+            "mesh": {"data": 2, "fsdp": 16, "sequence": 4, "tensor": 1}, "train": train}
+  paths.write_json(f"{BUCKET}/c/compile.json", report)
+  rows = f"{BUCKET}/rows.jsonl"
+  arg = f"compile:{BUCKET}/c/compile.json:configs/dit_14b.py:720p-5s:v5p-256"
+  for _ in range(2):
+    monkeypatch.setattr(sys, "argv", ["tpu_plan.py", f"--rows={rows}", f"--import_run={arg}"])
+    plan.main()
+  got = [json.loads(line) for line in paths.read_text(rows).splitlines()]
+  assert len(got) == 2 and got[0] == got[1]
+  row = got[0]
+  assert row["mesh"] == report["mesh"] and row["compiled"]["total"] == 4e10
+  assert row["est_step_seconds"] == 20.0
+  assert row["est_mfu"] == pytest.approx(row["model_flops"] / (128 * 459e12 * 20.0), rel=1e-3)
