@@ -216,13 +216,21 @@ class Attention(nn.Module):
     return _dense(self.dim, ("heads", "embed"), self.dtype, self.param_dtype, "to_out")(o)
 
 
-class Block(nn.Module):
-  """One Wan block. __call__(x, ...) -> (x, None) so it can run under nn.scan."""
+def _scale_shift_table(module: nn.Module, name: str, rows: int):
+  """A learned (rows, dim) adaLN table that is added to the time modulation (Wan's
+  `scale_shift_table`), returned in float32."""
+  return module.param(
+      name,
+      nn.with_logical_partitioning(nn.initializers.normal(module.dim ** -0.5), (None, "embed")),
+      (rows, module.dim), module.param_dtype).astype(jnp.float32)
+
+
+class _BlockFields(nn.Module):
+  """The fields Wan's block and the joint block share (WanDiT passes them by keyword)."""
   dim: int
   ffn_dim: int
   num_heads: int
   qk_norm: bool
-  cross_attn_norm: bool
   eps: float
   dropout: float
   deterministic: bool
@@ -231,13 +239,14 @@ class Block(nn.Module):
   param_dtype: Any
   attention_block: int = 512
 
+
+class Block(_BlockFields):
+  """One Wan block. __call__(x, ...) -> (x, None) so it can run under nn.scan."""
+  cross_attn_norm: bool = True
+
   @nn.compact
   def __call__(self, x_BLD, text_BSD, text_mask_BS, mod_BF6D, rope_cos_LK, rope_sin_LK):
-    table = self.param(
-        "scale_shift_table",
-        nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5), (None, "embed")),
-        (6, self.dim), self.param_dtype)
-    e = table.astype(jnp.float32)[None, None] + mod_BF6D
+    e = _scale_shift_table(self, "scale_shift_table", 6)[None, None] + mod_BF6D
     shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = (e[:, :, i] for i in range(6))
     attn = lambda name: Attention(self.dim, self.num_heads, self.qk_norm, self.eps, self.impl,
                                   self.dtype, self.param_dtype, self.attention_block, name=name)
@@ -309,34 +318,20 @@ class JointAttention(nn.Module):
     return out, out_t
 
 
-class JointBlock(nn.Module):
+class JointBlock(_BlockFields):
   """A double-stream (MMDiT) block, `dit.joint_attention`: the text tokens are a second
   residual stream with their own adaLN modulation table, attention projections and MLP;
   both streams meet in one joint attention (no cross-attention). So an object's words can
   read each other and the frames at every layer, and the frames read the updated words.
   The text stream is modulated by the time conditioning averaged over frames (t2v: every
   frame's). __call__((x, text), ...) -> ((x, text), None) so it can run under nn.scan."""
-  dim: int
-  ffn_dim: int
-  num_heads: int
-  qk_norm: bool
-  eps: float
-  dropout: float
-  deterministic: bool
-  impl: str
-  dtype: Any
-  param_dtype: Any
-  attention_block: int = 512
 
   @nn.compact
   def __call__(self, carry, text_mask_BS, mod_BF6D, rope_cos_LK, rope_sin_LK):
     x_BLD, txt_BSD = carry
-    table = lambda name: self.param(
-        name,
-        nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5), (None, "embed")),
-        (6, self.dim), self.param_dtype).astype(jnp.float32)
-    e = table("scale_shift_table")[None, None] + mod_BF6D
-    et = table("text_scale_shift_table")[None, None] + jnp.mean(mod_BF6D, 1, keepdims=True)
+    e = _scale_shift_table(self, "scale_shift_table", 6)[None, None] + mod_BF6D
+    et = (_scale_shift_table(self, "text_scale_shift_table", 6)[None, None]
+          + jnp.mean(mod_BF6D, 1, keepdims=True))
     drop = lambda h: nn.Dropout(self.dropout)(h, deterministic=self.deterministic)
     act, act_t = ("batch", "tokens", "embed"), ("batch", "text_tokens", "embed")
 
@@ -568,11 +563,7 @@ class WanDiT(nn.Module):
         carry, _ = block(**kw, name=f"blocks_{i}")(carry, *args)
     x = carry[0] if self.joint_attention else carry
 
-    table = self.param(
-        "scale_shift_table",
-        nn.with_logical_partitioning(nn.initializers.normal(self.dim ** -0.5), (None, "embed")),
-        (2, self.dim), self.param_dtype)
-    e = table.astype(jnp.float32)[None, None] + temb_BFD[:, :, None]
+    e = _scale_shift_table(self, "scale_shift_table", 2)[None, None] + temb_BFD[:, :, None]
     h = _modulate(x, e[:, :, 0], e[:, :, 1], self.eps).astype(self.dtype)
     # Zero-initialised head (Wan): the untrained network predicts 0.
     out = _dense(pt * ph * pw * c_out, ("embed", "channels"), self.dtype, self.param_dtype,
