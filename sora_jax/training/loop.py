@@ -69,16 +69,19 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
     raise
   if restored is None:
     state, step = init_state(), 0
-    print(f"[{tag}] starting at step 0 (no checkpoint in {ckpt_dir})", flush=True)
+    started = f"[{tag}] starting at step 0 (no checkpoint in {ckpt_dir})"
   else:
     state, data_state, step = restored
     if data_state is not None:
       data_iter.set_state(data_state)
-    print(f"[{tag}] resumed from step {step} ({ckpt_dir})", flush=True)
+    started = f"[{tag}] resumed from step {step} ({ckpt_dir})"
   total = train_cfg.num_steps
   logger = MetricsLogger(workdir, total, start_step=step, tensorboard=train_cfg.tensorboard,
                          name=metrics_name, tag=tag)
+  # From here on a SIGTERM saves and exits: a supervisor that reads the line below may
+  # stop the run at once and gets a checkpoint, not a killed process.
   stop, vote = StopSignal(), StopVote()
+  print(started, flush=True)
 
   def check(step_n, finite, stop_vote) -> bool:
     """Raises if step `step_n` was not finite; returns whether some process asked to stop."""
