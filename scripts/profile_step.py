@@ -1,0 +1,184 @@
+"""Where a DiT train step's time goes: a `jax.profiler` trace of the real train step,
+its XLA ops summed by kind.
+
+  taskset -c 0 python scripts/profile_step.py --config=configs/dit_50m.py --out=profile.json
+
+Builds the `--mode=benchmark` train step (`training/train.Trainer`, synthetic batch at the
+config's `benchmark.*` shapes, donated state), runs `--warmup` steps, then traces
+`--steps` steps. Each op event of the trace names its HLO instruction; the compiled
+module's text gives that instruction's opcode and the `op_name` JAX recorded (the model
+function and autodiff pass it came from), from which each op is put in one row:
+
+  matmul: projections and MLP, forward     dots outside the attention, forward pass
+  matmul: projections and MLP, backward    the same in the backward pass (`transpose(jvp`)
+  attention: contractions and softmax      QK^T, PV, and the softmax's max / exp / divide
+  copies and transposes                    copy / transpose ops and fusions
+  layer scan: stacking and slicing         the scan loop, stacking saved activations,
+                                           slicing per-layer weights and activations
+  norms, modulation, RoPE, GELU            the model's named elementwise work
+  outside the model: loss, optimizer, ...  the step's code around the model's forward and
+                                           backward (noise, loss, clipping, AdamW, EMA)
+  other elementwise and reductions         everything else (residual adds, bias and
+                                           gradient sums, broadcasts)
+
+Prints the table (ms per step and share of the traced op time) and writes `--out`
+(JSON: per row and per HLO op, milliseconds per step). `--trace_dir` keeps the trace
+(TensorBoard's profile plugin or Perfetto open it). CPU only is assumed for the op rows:
+on an accelerator the same op names are device events the table also sums.
+"""
+import collections
+import glob
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import sora_jax  # noqa: E402,F401  (first: its host settings precede JAX's threads)
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/dit_50m.py", "Config file.")
+_STEPS = flags.DEFINE_integer("steps", 2, "Traced train steps.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
+_OUT = flags.DEFINE_string("out", "profile.json", "Where to write the JSON summary.")
+_TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Keep the trace here (default: discard).")
+
+ROWS = ("matmul: projections and MLP, forward", "matmul: projections and MLP, backward",
+        "attention: contractions and softmax", "copies and transposes",
+        "layer scan: stacking and slicing", "norms, modulation, RoPE, GELU",
+        "outside the model: loss, optimizer, EMA, clipping", "other elementwise and reductions")
+
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*[^=]*?\s([\w\-]+)\(")
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+def hlo_ops(hlo_text: str) -> dict[str, tuple[str, str]]:
+  """{instruction name: (opcode, op_name metadata)} of an HLO module's text."""
+  ops = {}
+  for line in hlo_text.splitlines():
+    m = _INSTRUCTION.match(line)
+    if m:
+      name_meta = _OP_NAME.search(line)
+      ops[m.group(1)] = (m.group(2), name_meta.group(1) if name_meta else "")
+  return ops
+
+
+def classify(name: str, opcode: str, op_name: str) -> str:
+  """The row of ROWS an HLO op belongs to (see the module docstring)."""
+  last = op_name.rsplit("/", 1)[-1]
+  backward = "transpose(jvp" in op_name
+  if "bhld,bhsd" in op_name or "bhls,bhsd" in op_name or (
+      "attn" in op_name and last in ("reduce_max", "exp", "div", "softmax")):
+    return ROWS[2]
+  if opcode == "dot" or last == "dot_general":
+    return ROWS[1] if backward else ROWS[0]
+  if opcode in ("copy", "transpose") or name.startswith(("copy", "transpose")) or (
+      "copy" in name and "slice" not in name):
+    return ROWS[3]
+  if (opcode == "while" or "dynamic-update-slice" in name or "dynamic-slice" in name
+      or last in ("stack", "concatenate", "dynamic_slice", "dynamic_update_slice")):
+    return ROWS[4]
+  if op_name and "jvp(" not in op_name:  # the step's own code around the model
+    return ROWS[6]
+  if any(k in op_name for k in ("norm", "rsqrt", "rope", "gelu", "tanh", "silu",
+                                "scale_shift", "modulat")):
+    return ROWS[5]
+  return ROWS[7]
+
+
+def op_times(xplane_path: str, module_prefix: str) -> dict[str, float]:
+  """{HLO op name: total ns} of the op events of modules whose name starts with the prefix."""
+  from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
+  totals = collections.defaultdict(float)
+  for plane in ProfileData.from_file(xplane_path).planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        if "hlo_op" in stats and str(stats.get("hlo_module", "")).startswith(module_prefix):
+          totals[str(stats["hlo_op"])] += event.duration_ns
+  return dict(totals)
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from sora_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import benchmark  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+
+  cfg = _CONFIG.value
+  b = cfg.benchmark
+  with cfg.unlocked():
+    cfg.data.batch_size = b.batch_size
+  latent = benchmark.latent_grid(cfg, b.num_frames, b.height, b.width)
+  text_len = cfg.text.max_length
+  null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
+  stats = (np.zeros(latent[-1], np.float32), np.ones(latent[-1], np.float32))
+  trainer = train_lib.Trainer(cfg, stats, null_text, (b.batch_size, *latent), text_len)
+  batch = trainer.to_device(benchmark.synthetic_batch(cfg, b.batch_size, latent, text_len,
+                                                      seed=cfg.seed))
+  compiled = trainer.compile_step(batch)
+  extra = trainer.extra_step_args()
+  state = trainer.init_state()
+  print(f"[profile] batch {b.batch_size} x "
+        f"{schedules.num_tokens(latent[:3], cfg.dit.patch_size)} tokens; "
+        f"{_WARMUP.value} warm-up, {_STEPS.value} traced steps", flush=True)
+  for _ in range(_WARMUP.value):
+    state, metrics = compiled(state, batch, *extra)
+    jax.block_until_ready(metrics)
+  trace_dir = _TRACE_DIR.value or tempfile.mkdtemp(prefix="sora_jax_profile_")
+  t0 = time.perf_counter()
+  jax.profiler.start_trace(trace_dir)
+  for _ in range(_STEPS.value):
+    state, metrics = compiled(state, batch, *extra)
+    jax.block_until_ready(metrics)
+  jax.profiler.stop_trace()
+  wall_ms = (time.perf_counter() - t0) * 1e3 / _STEPS.value
+  paths = sorted(glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True),
+                 key=os.path.getmtime)
+  if not paths:
+    raise SystemExit(f"no trace written under {trace_dir}")
+
+  ops = hlo_ops(compiled.as_text())
+  module = compiled.as_text().split("\n", 1)[0].split()[1]  # "HloModule jit_step, ..."
+  module = module.rstrip(",")
+  times = op_times(paths[-1], module)
+  if not times:
+    raise SystemExit(f"the trace holds no op events of module {module}")
+  per_op = {name: ns / 1e6 / _STEPS.value for name, ns in times.items()}
+  rows = collections.defaultdict(float)
+  per_row_ops = collections.defaultdict(dict)
+  for name, ms in per_op.items():
+    opcode, op_name = ops.get(name, ("?", ""))
+    row = classify(name, opcode, op_name)
+    rows[row] += ms
+    per_row_ops[row][name] = round(ms, 3)
+  total = sum(rows.values())
+  print(f"\n{'row':50s} {'ms/step':>9s} {'share':>7s}")
+  for row in ROWS:
+    print(f"{row:50s} {rows[row]:9.1f} {100 * rows[row] / total:6.1f}%")
+  print(f"{'all traced ops (threads summed)':50s} {total:9.1f}\n"
+        f"{'wall time of a traced step':50s} {wall_ms:9.1f}")
+  report = {"config_dit": {k: cfg.dit[k] for k in ("dim", "num_layers", "num_heads", "ffn_dim",
+                                                    "attention", "scan_layers", "scan_unroll",
+                                                    "remat_policy", "dtype")},
+            "batch_size": b.batch_size, "latent_thwc": list(latent), "steps": _STEPS.value,
+            "wall_ms_per_step": wall_ms, "op_ms_per_step": total,
+            "rows_ms_per_step": {row: rows[row] for row in ROWS},
+            "ops_ms_per_step": {row: dict(sorted(per_row_ops[row].items(),
+                                                 key=lambda kv: -kv[1]))
+                                for row in ROWS},
+            "trace": paths[-1] if _TRACE_DIR.value else None}
+  from sora_jax import paths as paths_lib  # pylint: disable=g-import-not-at-top
+  paths_lib.write_json(_OUT.value, report)
+  print(f"[profile] wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
