@@ -158,7 +158,7 @@ def main(argv):
     opcode, op_name = ops.get(name, ("?", ""))
     row = classify(name, opcode, op_name)
     rows[row] += ms
-    per_row_ops[row][name] = round(ms, 3)
+    per_row_ops[row][name] = ms
   total = sum(rows.values())
   print(f"\n{'row':50s} {'ms/step':>9s} {'share':>7s}")
   for row in ROWS:
