@@ -1,15 +1,14 @@
-"""scripts/profile_step.py: a traced train step, its XLA ops summed by kind."""
+"""scripts/profile_step.py and training/profiling.py: a traced train step, its XLA ops
+summed by kind."""
 import json
 import os
 import subprocess
 import sys
 
+from sora_jax.training import profiling
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "scripts"))
-
-import profile_step  # noqa: E402  pylint: disable=g-import-not-at-top
-
-ROWS = profile_step.ROWS
+ROWS = profiling.ROWS
 STEP = "jit(train_step)/"
 BLOCK = "jvp(WanDiT)/while/body/closed_call/blocks/"
 
@@ -31,7 +30,7 @@ def test_ops_are_put_in_the_row_their_op_name_says():
       ("pad_add_fusion.2", "fusion", STEP + "transpose(" + BLOCK + "attn1/add_any", ROWS[7]),
   ]
   for name, opcode, op_name, row in cases:
-    assert profile_step.classify(name, opcode, op_name) == row, (name, op_name)
+    assert profiling.classify(name, opcode, op_name) == row, (name, op_name)
 
 
 def test_hlo_ops_reads_names_opcodes_and_op_names():
@@ -44,7 +43,7 @@ ENTRY %main {
   %copy.3 = f32[4,4]{0,1} copy(%p), metadata={op_name="jit(step)/copy"}
   ROOT %fusion.2 = f32[] fusion(%copy.3), kind=kLoop, calls=%fused
 }"""
-  ops = profile_step.hlo_ops(text)
+  ops = profiling.hlo_ops(text)
   assert ops["dot.1"] == ("dot", "jit(step)/dot_general")
   assert ops["copy.3"] == ("copy", "jit(step)/copy")
   assert ops["fusion.2"] == ("fusion", "")
