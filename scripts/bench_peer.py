@@ -68,7 +68,7 @@ def _dit_programs(cfg, torch, diffusers):
   from sora_jax.convert import wan_dit  # pylint: disable=g-import-not-at-top
   from sora_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
-  from sora_jax.training import benchmark, train  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import benchmark  # pylint: disable=g-import-not-at-top
 
   d, b = cfg.dit, cfg.benchmark
   with cfg.unlocked():
@@ -91,10 +91,7 @@ def _dit_programs(cfg, torch, diffusers):
         flush=True)
 
   host = benchmark.synthetic_batch(cfg, b.batch_size, latent, text_len, seed=cfg.seed)
-  stats = (np.zeros(latent[-1], np.float32), np.ones(latent[-1], np.float32))
-  null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
-  trainer = train.Trainer(cfg, stats, null_text, (b.batch_size, *latent), text_len,
-                          base_params=params)
+  trainer = benchmark.benchmark_trainer(cfg, latent, base_params=params)
   batch = trainer.to_device(host)
   holder = {"state": trainer.init_state()}
 

@@ -47,26 +47,22 @@ _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps first.")
 _OUT = flags.DEFINE_string("out", "profile.json", "Where to write the JSON summary.")
 _TRACE_DIR = flags.DEFINE_string("trace_dir", None, "Keep the trace here (default: discard).")
 
+
 def main(argv):
   del argv
   import jax  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from sora_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
   from sora_jax.training import benchmark  # pylint: disable=g-import-not-at-top
-  from sora_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
 
   cfg = _CONFIG.value
   b = cfg.benchmark
   with cfg.unlocked():
     cfg.data.batch_size = b.batch_size
   latent = benchmark.latent_grid(cfg, b.num_frames, b.height, b.width)
-  text_len = cfg.text.max_length
-  null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
-  stats = (np.zeros(latent[-1], np.float32), np.ones(latent[-1], np.float32))
-  trainer = train_lib.Trainer(cfg, stats, null_text, (b.batch_size, *latent), text_len)
-  batch = trainer.to_device(benchmark.synthetic_batch(cfg, b.batch_size, latent, text_len,
-                                                      seed=cfg.seed))
+  trainer = benchmark.benchmark_trainer(cfg, latent)
+  batch = trainer.to_device(benchmark.synthetic_batch(cfg, b.batch_size, latent,
+                                                      cfg.text.max_length, seed=cfg.seed))
   compiled = trainer.compile_step(batch)
   extra = trainer.extra_step_args()
   state = trainer.init_state()
@@ -89,9 +85,9 @@ def main(argv):
   if not paths:
     raise SystemExit(f"no trace written under {trace_dir}")
 
-  ops = hlo_ops(compiled.as_text())
-  module = compiled.as_text().split("\n", 1)[0].split()[1]  # "HloModule jit_step, ..."
-  module = module.rstrip(",")
+  hlo_text = compiled.as_text()
+  ops = hlo_ops(hlo_text)
+  module = hlo_text.split("\n", 1)[0].split()[1].rstrip(",")  # "HloModule jit_step, ..."
   times = op_times(paths[-1], module)
   if not times:
     raise SystemExit(f"the trace holds no op events of module {module}")

@@ -61,6 +61,18 @@ def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) 
 
 
 # ------------------------------------------------------------------ timing
+def benchmark_trainer(cfg, latent_thwc, **trainer_kw) -> train_lib.Trainer:
+  """The Trainer that --mode=benchmark, scripts/bench_peer.py and scripts/profile_step.py
+  time: batch `cfg.benchmark.batch_size` x `latent_thwc` latents, `cfg.text.max_length`
+  text tokens, identity latent statistics and an all-zero null caption (one valid token).
+  `trainer_kw` goes to the Trainer (e.g. base_params)."""
+  text_len = cfg.text.max_length
+  null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
+  stats = (np.zeros(latent_thwc[-1], np.float32), np.ones(latent_thwc[-1], np.float32))
+  return train_lib.Trainer(cfg, stats, null_text, (cfg.benchmark.batch_size, *latent_thwc),
+                           text_len, **trainer_kw)
+
+
 def _times(fn) -> tuple[float, float]:
   """(wall seconds, process CPU seconds over all threads) of fn()."""
   t0, c0 = time.perf_counter(), time.process_time()
@@ -210,16 +222,13 @@ def run(cfg, workdir: str) -> None:
   latent = latent_grid(cfg, b.num_frames, b.height, b.width)
   text_len = cfg.text.max_length
   tokens = schedules.num_tokens(latent[:3], cfg.dit.patch_size)
-  null_text = (np.zeros((text_len, cfg.text.dim), np.float32),
-               np.arange(text_len) == 0)
-  stats = (np.zeros(latent[-1], np.float32), np.ones(latent[-1], np.float32))
   dtype = jnp.dtype(cfg.dit.dtype)
   # The peak first, while nothing else of this run exists (see the module docstring).
   peaks = {str(jnp.dtype(d)): peak_flops(b.matmul_size, d) for d in {jnp.dtype(jnp.float32),
                                                                        dtype}}
   print("[benchmark] idle matmul peak per device, measured first: " +
         ", ".join(f"{k} {v[0] / 1e12:.3f} TFLOP/s" for k, v in peaks.items()), flush=True)
-  trainer = train_lib.Trainer(cfg, stats, null_text, (b.batch_size, *latent), text_len)
+  trainer = benchmark_trainer(cfg, latent)
   mesh = trainer.mesh
   devices = mesh.devices.size
   print(f"[benchmark] {devices} x {jax.devices()[0].device_kind}, mesh "
