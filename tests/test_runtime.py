@@ -25,10 +25,12 @@ print(sora_jax.HOST_MALLOC_TUNED, *faults)
 _PAGES = 64 * 2 ** 20 // 4096  # the temporary buffer, in 4 KiB pages
 
 
-def _faults(setting: str) -> tuple[str, list[int]]:
+def _faults(setting: str, probe: str = _PROBE) -> tuple[str, list[int]]:
+  """Runs `probe` in a fresh process with SORA_JAX_HOST_MALLOC=setting: (whether the
+  settings took effect, the minor page faults it printed)."""
   env = dict(os.environ, SORA_JAX_HOST_MALLOC=setting, JAX_PLATFORMS="cpu",
              PYTHONPATH=os.path.abspath(_ROOT))
-  out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,
+  out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                        check=True).stdout.split()
   return out[0], [int(n) for n in out[1:]]
 
@@ -77,13 +79,9 @@ print(sora_jax.HOST_MALLOC_TUNED, *faults)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc settings")
 def test_a_buffer_over_2_gib_is_not_given_back_after_each_run():
-  env = dict(os.environ, SORA_JAX_HOST_MALLOC="1", JAX_PLATFORMS="cpu",
-             PYTHONPATH=os.path.abspath(_ROOT))
-  out = subprocess.run([sys.executable, "-c", _PROBE_LARGE], env=env, capture_output=True,
-                       text=True, check=True).stdout.split()
+  tuned, faults = _faults("1", _PROBE_LARGE)
   pages = (2 ** 31 + 2 ** 28) // 4096
-  faults = [int(n) for n in out[1:]]
-  assert out[0] == "True"
+  assert tuned == "True"
   assert faults[0] > pages * 0.9, faults  # the first round faults the block in
   # Later rounds reuse the heap; with a trim threshold of 2**31 - 1 glibc handed the
   # block back on free and every round faulted all of it in again.
