@@ -68,6 +68,7 @@ def _dit_programs(cfg, torch, diffusers):
   from sora_jax.convert import wan_dit  # pylint: disable=g-import-not-at-top
   from sora_jax.diffusion import schedules  # pylint: disable=g-import-not-at-top
   from sora_jax.models import dit as dit_lib  # pylint: disable=g-import-not-at-top
+  from sora_jax.models import text_encoder as text_lib  # pylint: disable=g-import-not-at-top
   from sora_jax.training import benchmark  # pylint: disable=g-import-not-at-top
 
   d, b = cfg.dit, cfg.benchmark
@@ -75,7 +76,7 @@ def _dit_programs(cfg, torch, diffusers):
     cfg.dit.pooled_text = False
     cfg.data.batch_size = b.batch_size
   latent = benchmark.latent_grid(cfg, b.num_frames, b.height, b.width)
-  text_len = cfg.text.max_length
+  text_len = text_lib.context_length(cfg)
   tokens = schedules.num_tokens(latent[:3], d.patch_size)
   torch.manual_seed(cfg.seed)
   ref = diffusers.WanTransformer3DModel(

@@ -39,6 +39,7 @@ import sora_jax  # noqa: E402,F401  (first: its host settings precede JAX's thre
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from sora_jax.models import text_encoder as text_lib  # noqa: E402
 from sora_jax.training.profiling import ROWS, classify, hlo_ops, op_times  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/dit_50m.py", "Config file.")
@@ -62,7 +63,7 @@ def main(argv):
   latent = benchmark.latent_grid(cfg, b.num_frames, b.height, b.width)
   trainer = benchmark.benchmark_trainer(cfg, latent)
   batch = trainer.to_device(benchmark.synthetic_batch(cfg, b.batch_size, latent,
-                                                      cfg.text.max_length, seed=cfg.seed))
+                                                      text_lib.context_length(cfg), seed=cfg.seed))
   compiled = trainer.compile_step(batch)
   extra = trainer.extra_step_args()
   state = trainer.init_state()

@@ -177,6 +177,7 @@ def check(cfg, mode: str) -> None:
     raise ConfigError(f"vae_train.crop_size={crop} must be 0 (whole frames) or a positive "
                       f"multiple of the VAE's spatial factor {sf} (e.g. {2 * sf})")
   _one_of("text.encoder", cfg.text.encoder, ("minilm", "umt5", "t5"))
+  _check_clauses(cfg)
   if cfg.dit.dim % cfg.dit.num_heads:
     raise ConfigError(f"dit.dim={cfg.dit.dim} is not divisible by dit.num_heads={cfg.dit.num_heads}")
   if (cfg.dit.dim // cfg.dit.num_heads) % 2:
@@ -258,6 +259,20 @@ def check(cfg, mode: str) -> None:
         raise ConfigError(f"{where}: {e}" if where else str(e)) from None
   elif mode == "eval":
     _check_sample(cfg, mode)
+
+
+def _check_clauses(cfg) -> None:
+  k = cfg.text.get("clause_tokens", 0)
+  if not isinstance(k, int) or k < 0:
+    raise ConfigError(f"text.clause_tokens={k!r}: give the number of clause slots (>= 0; 0 = none)")
+  split = cfg.text.get("clause_split", "")
+  try:
+    groups = re.compile(split).groups
+  except re.error as e:
+    raise ConfigError(f"text.clause_split={split!r} is not a regular expression ({e})") from e
+  if groups:
+    raise ConfigError(f"text.clause_split={split!r} has capturing groups, whose text would "
+                      "become clauses; write them as (?:...)")
 
 
 def compile_programs(spec: str) -> list[str]:

@@ -56,6 +56,19 @@ def test_demo_config_is_valid_for_every_mode():
       config_check.check(bad, mode)
 
 
+@pytest.mark.parametrize("field,value,match", [
+    ("clause_tokens", -1, "text.clause_tokens=-1"),
+    ("clause_split", r"(and)\s", "capturing groups"),
+    ("clause_split", "[and", "not a regular expression"),
+])
+def test_bad_clause_settings_are_one_clear_line(field, value, match):
+  cfg = base_config()
+  cfg.text[field] = value
+  with pytest.raises(config_check.ConfigError, match=match) as e:
+    config_check.check(cfg, "train")
+  assert "\n" not in str(e.value)
+
+
 def test_help_lists_the_modes_flags_and_override_syntax():
   r = subprocess.run([sys.executable, "-m", "sora_jax", "--help"], capture_output=True, text=True,
                      timeout=120)

@@ -198,6 +198,18 @@ def test_dit_resume_is_exact(workdir, tmp_path):
     np.testing.assert_array_equal(x, y)
 
 
+def test_training_on_data_encoded_with_other_text_slots_is_refused(workdir):
+  """Data encoded without clause tokens cannot train a DiT configured with them (its
+  sampler would hand it slots it never saw): one line naming both figures and the fix."""
+  from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import train  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config()
+  cfg.text.clause_tokens = 2
+  with pytest.raises(ConfigError, match=r"has 8 text slots .* = 10; .*re-encode") as e:
+    train.make_trainer(cfg, workdir)
+  assert "\n" not in str(e.value)
+
+
 def test_init_from_warm_starts_from_a_workdirs_ema(workdir):
   """train.init_from: the new run's params and EMA are the source's EMA, at step 0, sharded
   over a data=2 x fsdp=2 mesh; a DiT of other shapes is refused with the reason."""

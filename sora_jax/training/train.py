@@ -34,6 +34,7 @@ from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
 from sora_jax.diffusion import schedules
 from sora_jax.models import dit as dit_lib
+from sora_jax.models import text_encoder as text_lib
 from sora_jax.models import weights
 from sora_jax.parallel import mesh as mesh_lib
 from sora_jax.training import checkpoint, lora, loop, optim
@@ -329,6 +330,12 @@ def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
   WORKDIR's latent statistics, on `mesh` (default: config.mesh over all devices)."""
   from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   info = encode.read_info(cfg, workdir)
+  want = text_lib.context_length(cfg)
+  if info["text_len"] != want and not cfg.weights:
+    raise ConfigError(
+        f"the encoded data set has {info['text_len']} text slots per caption but text.max_length "
+        f"+ text.clause_tokens = {want}; set them as when it was encoded, or re-encode "
+        f"(--mode=encode into a new data.data_dir)")
   return Trainer(cfg, weights.latent_stats(cfg, workdir), encode.null_text(cfg, workdir),
                  (cfg.data.batch_size, *info["latent_shapes"][0], info["z_dim"]),
                  info["text_len"], mesh=mesh)
