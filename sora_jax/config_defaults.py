@@ -89,10 +89,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.text.dim = 384  # Hidden size the encoder emits (must match the encoder).
   # One pooled token per clause of the text after its token states (0 = none): each clause
   # encoded alone and mean-pooled, so all that is said of one subject sits in one
-  # cross-attention key (models/text_encoder.py). Captions and prompts split where
-  # `clause_split` (a regex; non-capturing groups only) matches: sentence ends, and
-  # ", and / while / as / with" or ", " before a new subject.
+  # cross-attention key (models/text_encoder.py).
   cfg.text.clause_tokens = 0
+  # Where a text splits into clauses (a regex; non-capturing groups only): sentence ends,
+  # and ", " or "and / while / as / with" before a new subject.
   cfg.text.clause_split = (r"[.;!?]\s+|(?:,\s+|,?\s+(?:and|while|as|with)\s+)"
                            r"(?=(?:a|an|one|the|two|small|little|tiny|large|big)\s)")
   cfg.text.dtype = "float32"  # umt5/t5 weight + compute dtype ('bfloat16' halves umT5-XXL); outputs are float32.
