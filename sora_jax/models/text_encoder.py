@@ -212,9 +212,11 @@ class TextEncoder:
     pooled_BKD = np.zeros((len(texts), K, self.dim), np.float32)
     pmask_BK = np.zeros((len(texts), K), bool)
     if flat:
-      c_emb, c_mask = self._token_states(flat)
-      c_mask = np.asarray(c_mask)
-      sums = (np.asarray(c_emb) * c_mask[..., None]).sum(axis=1)
+      # Padded with empty texts to B * K rows, so the batch size (and the compiled
+      # encoder) is the same whatever the texts' clause counts.
+      c_emb, c_mask = self._token_states(flat + [""] * (len(texts) * K - len(flat)))
+      c_emb, c_mask = np.asarray(c_emb)[:len(flat)], np.asarray(c_mask)[:len(flat)]
+      sums = (c_emb * c_mask[..., None]).sum(axis=1)
       pooled_ND = sums / np.maximum(c_mask.sum(axis=1, keepdims=True), 1)
       n = 0
       for b, cs in enumerate(per_text):
