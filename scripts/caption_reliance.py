@@ -11,6 +11,7 @@ each of --steps; writes OUT (default WORKDIR/binding.json).
   python scripts/caption_reliance.py --config=configs/shapes_tiny.py --workdir=W \
       [--data_workdir=W_WITH_ENCODED_DATA] [--step=N] [--config.data.data_dir=...]
   python scripts/caption_reliance.py ... --binding --steps=2000,4000,6000
+  python scripts/caption_reliance.py ... --binding --cond_frames=1   # frame 0 given (i2v)
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -32,6 +33,8 @@ _BINDING = flags.DEFINE_bool("binding", False, "Measure binding (see the module 
 _STEPS = flags.DEFINE_list("steps", [], "With --binding: checkpoint steps (default: the newest).")
 _TEXT = flags.DEFINE_bool("text_states", False, "With --binding: also measure whether the "
                           "frozen text states carry each object's motion in its words.")
+_COND = flags.DEFINE_integer("cond_frames", 0, "With --binding: give the first N latent frames "
+                             "clean, as image-to-video trains them, and score the rest.")
 
 
 def binding_main():
@@ -40,7 +43,8 @@ def binding_main():
   rows = []
   for step in _STEPS.value or [_STEP.value]:
     r = caption_reliance.binding_for_workdir(cfg, workdir, use_ema=_EMA.value, batch=batch,
-                                             step=None if step is None else int(step))
+                                             step=None if step is None else int(step),
+                                             cond_frames=_COND.value)
     rows.append(r)
     for t, row in r["by_t"].items():
       print(f"step {r['step']} t={t:>5}: " + "  ".join(

@@ -168,6 +168,23 @@ def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
   np.testing.assert_allclose(live["color"]["ratio"], err["color"].mean() / err["right"].mean(),
                              rtol=1e-4)
   assert live["color"]["clips"] == int(v.sum())
+  # cond_frames=1: frame 0 given clean at t = 0 (as image-to-video trains), the rest scored.
+  frames = batch["x0"].shape[1]
+  assert frames >= 2
+  i2v = caption_reliance.measure_binding(cfg, params, batch, ts=(0.9,), noise_draws=1,
+                                         cond_frames=1)["0.9"]
+  x_c = x_t.copy()
+  x_c[:, 0] = batch["x0"][:, 0]
+  t_c = np.full((n, frames), 0.9, np.float32)
+  t_c[:, 0] = 0.0
+  err = {k: np.square(np.asarray(dit.apply({"params": params}, x_c, t_c, batch["emb"][k],
+                                           batch["mask"][k])) - batch["x0"])[:, 1:]
+         .reshape(n, -1).mean(1)[v] for k in ("right", "color")}
+  np.testing.assert_allclose(i2v["color"]["ratio"], err["color"].mean() / err["right"].mean(),
+                             rtol=1e-4)
+  assert abs(i2v["color"]["ratio"] - live["color"]["ratio"]) > 1e-6
+  with pytest.raises(ValueError, match=f"cond_frames={frames}"):
+    caption_reliance.measure_binding(cfg, params, batch, ts=(0.9,), cond_frames=frames)
   # With both text paths cut off no prompt can matter: every ratio is exactly 1.
   for name in ("text_embedder", "pooled_text_embedder"):
     mlp = params["condition_embedder"][name]["linear_2"]

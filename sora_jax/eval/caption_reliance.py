@@ -59,9 +59,10 @@ def x0_predictor(cfg):
   prediction = cfg.diffusion.prediction
 
   @jax.jit
-  def fn(p, x, t, e, m):
+  def fn(p, x, t, e, m):  # t: (B,) or (B, T) per latent frame (0: a frame given clean)
     out = dit.apply({"params": p}, x, t, e, m)
-    return rf.to_x0(out, x, jnp.broadcast_to(t[:, None], x.shape[:2]), prediction)
+    t_BT = t if t.ndim == 2 else jnp.broadcast_to(t[:, None], x.shape[:2])
+    return rf.to_x0(out, x, t_BT, prediction)
 
   return fn
 
@@ -149,17 +150,25 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
 
 
 def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 2,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, cond_frames: int = 0) -> dict:
   """{str(t): {name: {'ratio', 'se', 'clips'}}}: per noise level, the x0 error with a
   prompt whose `name` attribute is bound to the other object (or another clip's prompt,
   'shuffled'; 'motion_other': both motions replaced by others, whether motion words are
   used at all) over the error with the right prompt ('caption_objects': over the error
   with the clip's own caption), on the clips where they differ, the
   same noisy latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
-  which object the words belong to; 'se' is the standard error of the ratio over clips."""
+  which object the words belong to; 'se' is the standard error of the ratio over clips.
+
+  `cond_frames` = k > 0 gives the first k latent frames clean (t = 0), as image-to-video
+  trains them (diffusion.cond_masks), and scores the other frames: there both objects are
+  in plain view while their motions are not, so a DiT that binds has the most to gain."""
   fn = x0_predictor(cfg)
   x0 = batch["x0"]
-  n = len(x0)
+  n, frames = len(x0), x0.shape[1]
+  if not 0 <= cond_frames < frames:
+    raise ValueError(f"cond_frames={cond_frames}: give 0 (text-to-video) up to {frames - 1} "
+                     f"(the clips have {frames} latent frames)")
+  clean_1T = np.arange(frames)[None, :] < cond_frames
   rng = np.random.default_rng(seed)
   eps = [rng.standard_normal(x0.shape).astype(np.float32) for _ in range(noise_draws)]
   conds = {k: (batch["emb"][k], batch["mask"][k]) for k in batch["emb"]}
@@ -174,13 +183,15 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
     valid["caption_objects"], baseline["caption_objects"] = everywhere, "caption"
   out = {}
   for t in ts:
-    t_B = jnp.full((n,), t, jnp.float32)
+    t_BT = jnp.asarray(np.where(clean_1T, 0.0, np.full((n, frames), t, np.float32)))
     err = {k: 0.0 for k in conds}
     for e_ in eps:
-      x_t = jnp.asarray((1 - t) * x0 + t * e_)
+      x_t = np.where(clean_1T[..., None, None, None], x0, (1 - t) * x0 + t * e_)
+      x_t = jnp.asarray(x_t)
       for k, (e, m) in conds.items():
-        pred = np.asarray(fn(params, x_t, t_B, e, m))
-        err[k] = err[k] + np.square(pred - x0).reshape(n, -1).mean(1) / noise_draws
+        pred = np.asarray(fn(params, x_t, t_BT, e, m))
+        sq = np.square(pred - x0)[:, cond_frames:]
+        err[k] = err[k] + sq.reshape(n, -1).mean(1) / noise_draws
     row = {}
     for k, v in valid.items():
       if v.sum() < 2:
@@ -196,13 +207,14 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
 
 def binding_for_workdir(cfg, workdir: str, data_workdir: str | None = None,
                         num_clips: int = 64, ts=BINDING_TS, use_ema: bool = True,
-                        step: int | None = None, batch: dict | None = None) -> dict:
+                        step: int | None = None, batch: dict | None = None,
+                        cond_frames: int = 0) -> dict:
   """Binding of WORKDIR's DiT (newest or `step` checkpoint) on the two-object validation
   clips of `data_workdir` (default: the same workdir); pass `batch` to reuse one."""
   params, got = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema, step=step)
   batch = batch or binding_batch(cfg, data_workdir or workdir, num_clips)
-  return {"step": int(got), "num_clips": len(batch["x0"]),
-          "by_t": measure_binding(cfg, params, batch, ts)}
+  return {"step": int(got), "num_clips": len(batch["x0"]), "cond_frames": int(cond_frames),
+          "by_t": measure_binding(cfg, params, batch, ts, cond_frames=cond_frames)}
 
 
 def text_state_binding(text, num_prompts: int = 200) -> dict:
