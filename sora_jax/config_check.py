@@ -262,10 +262,10 @@ def check(cfg, mode: str) -> None:
 
 
 def _check_clauses(cfg) -> None:
-  k = cfg.text.get("clause_tokens", 0)
+  k = cfg.text.clause_tokens
   if not isinstance(k, int) or k < 0:
     raise ConfigError(f"text.clause_tokens={k!r}: give the number of clause slots (>= 0; 0 = none)")
-  split = cfg.text.get("clause_split", "")
+  split = cfg.text.clause_split
   try:
     groups = re.compile(split).groups
   except re.error as e:

@@ -299,10 +299,10 @@ def load_text_encoder(cfg) -> TextEncoder:
   if enc.dim != cfg.text.dim:
     raise ValueError(f"text.dim={cfg.text.dim} but the {name} encoder emits {enc.dim}-d states; "
                      f"set --config.text.dim={enc.dim}")
-  return dataclasses.replace(enc, clause_tokens=int(cfg.text.get("clause_tokens", 0)),
-                             clause_split=str(cfg.text.get("clause_split", "")))
+  return dataclasses.replace(enc, clause_tokens=int(cfg.text.clause_tokens),
+                             clause_split=str(cfg.text.clause_split))
 
 
 def context_length(cfg) -> int:
   """Text slots the DiT attends to: text.max_length token states + text.clause_tokens."""
-  return int(cfg.text.max_length) + int(cfg.text.get("clause_tokens", 0))
+  return int(cfg.text.max_length) + int(cfg.text.clause_tokens)
