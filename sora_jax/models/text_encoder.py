@@ -306,3 +306,10 @@ def load_text_encoder(cfg) -> TextEncoder:
 def context_length(cfg) -> int:
   """Text slots the DiT attends to: text.max_length token states + text.clause_tokens."""
   return int(cfg.text.max_length) + int(cfg.text.clause_tokens)
+
+
+def placeholder_null_text(cfg) -> tuple[np.ndarray, np.ndarray]:
+  """(emb_LD float32 zeros, mask_L with one valid token): the encoded empty prompt's shapes,
+  for programs compiled or timed without running an encoder (AOT compile, benchmarks)."""
+  length = context_length(cfg)
+  return np.zeros((length, cfg.text.dim), np.float32), np.arange(length) == 0

@@ -117,7 +117,7 @@ def compile_train(cfg, mesh):
   b, text_len, z = cfg.data.batch_size, text_lib.context_length(cfg), cfg.vae.z_dim
   latent = (*config_check.latent_size(cfg, frames, height, width), z)
   stats = (np.zeros(z, np.float32), np.ones(z, np.float32))
-  null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
+  null_text = text_lib.placeholder_null_text(cfg)
   base = None
   if cfg.train.lora_rank > 0 and (cfg.weights or cfg.train.init_from):
     base = abstract_params(cfg, mesh)  # The frozen base LoRA steps take (never read here).
@@ -140,8 +140,7 @@ def compile_sample(cfg, mesh):
   frames = 1 if s.task == "t2i" else s.num_frames
   b, text_len, z = s.batch_size, text_lib.context_length(cfg), cfg.vae.z_dim
   latent = (*config_check.latent_size(cfg, frames, s.height, s.width), z)
-  null = (jnp.zeros((1, text_len, cfg.text.dim), jnp.float32),
-          (jnp.arange(text_len) == 0)[None])
+  null = tuple(jnp.asarray(a)[None] for a in text_lib.placeholder_null_text(cfg))
   denoise = sample_lib.make_denoise(cfg, dit_lib.dit_from_config(cfg), null)
   rep = NamedSharding(mesh, P())
   args = (abstract_params(cfg, mesh),

@@ -67,11 +67,10 @@ def benchmark_trainer(cfg, latent_thwc, **trainer_kw) -> train_lib.Trainer:
   time: batch `cfg.benchmark.batch_size` x `latent_thwc` latents, `text_lib.context_length(cfg)`
   text slots, identity latent statistics and an all-zero null caption (one valid token).
   `trainer_kw` goes to the Trainer (e.g. base_params)."""
-  text_len = text_lib.context_length(cfg)
-  null_text = (np.zeros((text_len, cfg.text.dim), np.float32), np.arange(text_len) == 0)
   stats = (np.zeros(latent_thwc[-1], np.float32), np.ones(latent_thwc[-1], np.float32))
-  return train_lib.Trainer(cfg, stats, null_text, (cfg.benchmark.batch_size, *latent_thwc),
-                           text_len, **trainer_kw)
+  return train_lib.Trainer(cfg, stats, text_lib.placeholder_null_text(cfg),
+                           (cfg.benchmark.batch_size, *latent_thwc), text_lib.context_length(cfg),
+                           **trainer_kw)
 
 
 def _times(fn) -> tuple[float, float]:
