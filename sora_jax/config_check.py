@@ -205,6 +205,13 @@ def check(cfg, mode: str) -> None:
     raise ConfigError(f"diffusion.shift_base_tokens={d.shift_base_tokens} must be >= 1")
   if not 0.0 <= d.caption_dropout < 1.0:
     raise ConfigError(f"diffusion.caption_dropout={d.caption_dropout} must be in [0, 1)")
+  if d.binding_weight < 0 or d.binding_margin <= 0 or not 0.0 <= d.binding_t_min < 1.0:
+    raise ConfigError(f"diffusion.binding_weight={d.binding_weight} must be >= 0 (0: off), "
+                      f"binding_margin={d.binding_margin} > 0 and binding_t_min="
+                      f"{d.binding_t_min} in [0, 1)")
+  if cfg.data.binding_negatives and cfg.data.name != "shapes_world":
+    raise ConfigError(f"data.binding_negatives needs ShapesWorld specs (which name the objects), "
+                      f"not data.name={cfg.data.name!r}; set data.binding_negatives=False")
   for k in ("num_steps", "log_every", "checkpoint_every"):
     if cfg.train[k] < 1:
       raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")

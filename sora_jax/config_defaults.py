@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Train on only the first N records of the train split (shared over buckets by size; 0: all),
   # e.g. to measure repetition (N clips seen many times) against a large set at equal compute.
   cfg.data.train_records = 0
+  # --mode=encode also stores, per clip, the text states of its prompt and caption with the
+  # two objects' names exchanged (shapes_world.swap_subjects): the negatives that
+  # diffusion.binding_weight trains against. ShapesWorld only (its specs name the objects).
+  cfg.data.binding_negatives = False
 
   # ---------------------------------------------------------------- video VAE
   cfg.vae = C()
@@ -157,6 +161,13 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.diffusion.caption_dropout = 0.1  # Probability a caption is dropped (CFG).
   # Conditioning-mask mix: name=probability (normalised). Conditioned latent frames are clean (t=0).
   cfg.diffusion.cond_masks = "none=0.5,first=0.15,first_k=0.1,last_k=0.05,first_last=0.1,random=0.1"
+  # Binding contrast (needs data encoded with data.binding_negatives): on video clips that
+  # have a negative and t >= binding_t_min, a hinge on log(err(negative text) / err(text))
+  # below log(1 + binding_margin), weighted binding_weight (0: off) and added to the loss.
+  # It costs a forward and backward pass of half the batch on video steps.
+  cfg.diffusion.binding_weight = 0.0
+  cfg.diffusion.binding_margin = 0.1
+  cfg.diffusion.binding_t_min = 0.5
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

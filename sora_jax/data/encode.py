@@ -24,28 +24,35 @@ from absl import logging
 from etils import epath
 
 from sora_jax import paths
-from sora_jax.config_check import missing_step
+from sora_jax.config_check import ConfigError, missing_step
 from sora_jax.data import build as build_lib
+from sora_jax.data import shapes_world
 from sora_jax.data import tfds_shapes
 from sora_jax.models import text_encoder as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models import weights
 from sora_jax.training import checkpoint
+from sora_jax.training.train import NEGATIVE_KEYS
 
 CHUNK = 64  # Records per staged chunk (the unit of resumption).
 INFO = "info.json"
 NULL_TEXT = "null_text.npz"
 
 
-def latent_features(z_dim: int, text_len: int, text_dim: int) -> tfds.features.FeaturesDict:
+def latent_features(z_dim: int, text_len: int, text_dim: int,
+                    negatives: bool = False) -> tfds.features.FeaturesDict:
   lat = tfds.features.Tensor(shape=(None, None, None, z_dim), dtype=np.float32, encoding="zlib")
   emb = tfds.features.Tensor(shape=(text_len, text_dim), dtype=np.float16)
   mask = tfds.features.Tensor(shape=(text_len,), dtype=np.bool_)
-  return tfds.features.FeaturesDict({
+  features = {
       "latent_mean": lat, "latent_std": lat,
       "caption_emb": emb, "caption_mask": mask, "prompt_emb": emb, "prompt_mask": mask,
       "prompt": tfds.features.Text(), "caption": tfds.features.Text(),
-      "spec": tfds.features.Text()})
+      "spec": tfds.features.Text()}
+  if negatives:
+    for e, m, v in NEGATIVE_KEYS.values():
+      features |= {e: emb, m: mask, v: tfds.features.Scalar(dtype=np.bool_)}
+  return tfds.features.FeaturesDict(features)
 
 
 class EncodedLatents(tfds_shapes.ArrayRecordBuilder):
@@ -63,7 +70,8 @@ class EncodedLatents(tfds_shapes.ArrayRecordBuilder):
     i = self._meta
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
-        features=latent_features(i["z_dim"], i["text_len"], i["text_dim"]),
+        features=latent_features(i["z_dim"], i["text_len"], i["text_dim"],
+                                 i.get("binding_negatives", False)),
         metadata=tfds.core.MetadataDict())
 
   def _download_and_prepare(self, dl_manager, download_config=None):
@@ -186,8 +194,9 @@ def batches_in_fixed_order(cfg, source, ids_R, num_clips: int) -> list[dict]:
   return out
 
 
-def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
-  """uint8 clips + texts of one bucket -> arrays of one staged chunk."""
+def _encode_chunk(vae_apply, text, records: list[dict], negatives: bool = False) -> dict:
+  """uint8 clips + texts of one bucket -> arrays of one staged chunk (with `negatives`, also
+  the NEGATIVE_KEYS of each text field)."""
   videos = np.stack([r["video"] for r in records]).astype(np.float32) / 127.5 - 1.0
   means, stds = [], []
   for i in range(0, len(videos), 16):  # bounded memory per encoder call
@@ -196,12 +205,20 @@ def _encode_chunk(vae_apply, text, records: list[dict]) -> dict:
     stds.append(np.asarray(jnp.exp(0.5 * logvar)))
   cap_emb, cap_mask = text([tfds_shapes.as_str(r["caption"]) for r in records])
   pr_emb, pr_mask = text([tfds_shapes.as_str(r["prompt"]) for r in records])
-  return {"latent_mean": np.concatenate(means), "latent_std": np.concatenate(stds),
-          "caption_emb": np.asarray(cap_emb, np.float16), "caption_mask": np.asarray(cap_mask),
-          "prompt_emb": np.asarray(pr_emb, np.float16), "prompt_mask": np.asarray(pr_mask),
-          "prompt": np.array([tfds_shapes.as_str(r["prompt"]) for r in records]),
-          "caption": np.array([tfds_shapes.as_str(r["caption"]) for r in records]),
-          "spec": np.array([tfds_shapes.as_str(r["spec"]) for r in records])}
+  out = {"latent_mean": np.concatenate(means), "latent_std": np.concatenate(stds),
+         "caption_emb": np.asarray(cap_emb, np.float16), "caption_mask": np.asarray(cap_mask),
+         "prompt_emb": np.asarray(pr_emb, np.float16), "prompt_mask": np.asarray(pr_mask),
+         "prompt": np.array([tfds_shapes.as_str(r["prompt"]) for r in records]),
+         "caption": np.array([tfds_shapes.as_str(r["caption"]) for r in records]),
+         "spec": np.array([tfds_shapes.as_str(r["spec"]) for r in records])}
+  if negatives:
+    specs = [json.loads(s) for s in out["spec"]]
+    for field, (e, m, v) in NEGATIVE_KEYS.items():
+      swapped = [shapes_world.swap_subjects(str(t), sp) for t, sp in zip(out[field], specs)]
+      neg_emb, neg_mask = text([str(t) if n is None else n for t, n in zip(out[field], swapped)])
+      out |= {e: np.asarray(neg_emb, np.float16), m: np.asarray(neg_mask),
+              v: np.array([n is not None for n in swapped])}
+  return out
 
 
 def _atomic_savez(path: epath.Path, arrays: dict) -> None:
@@ -275,6 +292,14 @@ def run(cfg, workdir: str) -> None:
   _atomic_savez(root / NULL_TEXT, {"emb": np.asarray(null_emb[0]),
                                    "mask": np.asarray(null_mask[0])})
 
+  settings = stage / "settings.json"  # What the staged chunks hold (checked on resume).
+  want = {"binding_negatives": bool(cfg.data.binding_negatives)}
+  if settings.exists() and json.loads(settings.read_text()) != want:
+    raise ConfigError(f"{stage} holds chunks encoded with {settings.read_text()}, not {want}; "
+                      "set data.binding_negatives as then, or delete the staging folder")
+  if jax.process_index() == 0:
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(want))
   pid, nproc = jax.process_index(), jax.process_count()
   runs = meta[tfds_shapes.BUCKET_RUNS]
   num_records = {}
@@ -288,7 +313,8 @@ def run(cfg, workdir: str) -> None:
       path = _chunk_path(stage, split, c)
       if c % nproc != pid or path.exists():
         continue
-      _atomic_savez(path, _encode_chunk(vae_apply, text, [src[i] for i in range(lo, hi)]))
+      _atomic_savez(path, _encode_chunk(vae_apply, text, [src[i] for i in range(lo, hi)],
+                                        cfg.data.binding_negatives))
       print(f"[encode] {split} chunk {c + 1}/{len(split_chunks)} ({time.time() - t0:.0f}s)",
             flush=True)
   if nproc > 1:
@@ -307,7 +333,8 @@ def run(cfg, workdir: str) -> None:
           "z_dim": int(cfg.vae.z_dim), "text_len": int(null_emb.shape[1]),
           "text_dim": int(null_emb.shape[2]), "latent_shapes": latent_shapes,
           "bucket_runs": runs, "num_records": num_records,
-          "text_encoder": cfg.text.encoder, "truncated": truncated}
+          "text_encoder": cfg.text.encoder, "truncated": truncated,
+          "binding_negatives": bool(cfg.data.binding_negatives)}
   (root / INFO).write_text(json.dumps(info))
   stats = latent_statistics(stage, len(chunks(runs["train"])))
   paths.path(paths.latent_stats(workdir)).write_text(json.dumps(stats))

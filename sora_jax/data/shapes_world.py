@@ -372,6 +372,30 @@ def swap_caption_objects(caption: str, spec: dict) -> str:
   return out
 
 
+def swap_subjects(text: str, spec: dict) -> str | None:
+  """A clip's prompt or caption with its two objects' "<color> <shape>" names exchanged, so
+  every other word (size, motion, position, start) now describes the other object; None
+  where that text would fit the clip too or cannot be made: fewer or more than two
+  objects, the same color and shape for both, a name the text lacks, or objects alike in
+  size, motion and position (nothing is rebound).
+
+  The training negative of diffusion.binding_weight: the very words of the right text,
+  bound to the wrong objects ("a small red circle falling and a large blue square moving
+  left" -> "a small blue square falling and a large red circle moving left")."""
+  objects = spec.get("objects", [])
+  if len(objects) != 2:
+    return None
+  names = [f"{o['color']} {o['shape']}" for o in objects]
+  if names[0] == names[1]:
+    return None
+  if all(objects[0].get(k) == objects[1].get(k) for k in ("size", "motion", "position")):
+    return None
+  if not all(re.search(rf"\b{re.escape(n)}\b", text) for n in names):
+    return None
+  pattern = re.compile(rf"\b({re.escape(names[0])}|{re.escape(names[1])})\b")
+  return pattern.sub(lambda m: names[1] if m.group(1) == names[0] else names[0], text)
+
+
 def _start_words(top, left, mask, H, W) -> str:
   h, w = mask.shape
   return position_word(top + h / 2, left + w / 2, H, W)

@@ -130,6 +130,10 @@ def compile_train(cfg, mesh):
   for field in ("caption", "prompt"):
     batch[f"{field}_emb"] = _abstract((b, text_len, cfg.text.dim), jnp.float16, shard(3))
     batch[f"{field}_mask"] = _abstract((b, text_len), bool, shard(2))
+    if cfg.diffusion.binding_weight > 0:  # data.binding_negatives' texts
+      e, m, v = train_lib.NEGATIVE_KEYS[field]
+      batch |= {e: _abstract((b, text_len, cfg.text.dim), jnp.float16, shard(3)),
+                m: _abstract((b, text_len), bool, shard(2)), v: _abstract((b,), bool, shard(1))}
   return trainer.compile_step(batch)
 
 

@@ -56,9 +56,14 @@ def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) 
   mask = np.zeros((batch, text_len), bool)
   mask[:, :max(1, text_len // 2)] = True
   emb = rng.standard_normal((batch, text_len, cfg.text.dim), np.float32)
-  return {"latent_mean": rng.standard_normal((batch, *latent_thwc), np.float32),
-          "latent_std": np.full((batch, *latent_thwc), 0.1, np.float32),
-          "caption_emb": emb, "caption_mask": mask, "prompt_emb": emb, "prompt_mask": mask}
+  out = {"latent_mean": rng.standard_normal((batch, *latent_thwc), np.float32),
+         "latent_std": np.full((batch, *latent_thwc), 0.1, np.float32),
+         "caption_emb": emb, "caption_mask": mask, "prompt_emb": emb, "prompt_mask": mask}
+  if cfg.diffusion.binding_weight > 0:  # data.binding_negatives' texts, every clip having one
+    neg = rng.standard_normal((batch, text_len, cfg.text.dim), np.float32)
+    for e, m, v in train_lib.NEGATIVE_KEYS.values():
+      out |= {e: neg, m: mask, v: np.ones(batch, bool)}
+  return out
 
 
 # ------------------------------------------------------------------ timing

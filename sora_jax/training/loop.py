@@ -118,8 +118,10 @@ def train_loop(*, workdir: str, ckpt_dir: str, train_cfg, init_state: Callable[[
         host = jax.device_get(pending)
         pending = []
         if logged:
-          logger.log(step, {k: float(np.mean([m[k] for m in host]))
-                            for k in host[-1] if k != "finite"})
+          # A metric some steps lack (the binding contrast's, on image batches) is the mean
+          # over the steps that have it.
+          names = dict.fromkeys(k for m in host for k in m if k != "finite")
+          logger.log(step, {k: float(np.mean([m[k] for m in host if k in m])) for k in names})
       if scheduled_save or stopping:
         ckpt.maybe_save(step, state, data_iter.get_state(), force=True)
       if evaluate and not stopping:

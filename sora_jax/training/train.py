@@ -41,6 +41,11 @@ from sora_jax.training import checkpoint, lora, loop, optim
 
 EVAL_NOISE_SEED = 1206  # Noise and text choice of the held-out evaluation (independent of `seed`).
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
+# With data.binding_negatives, per text field (data/encode.py): the states of that text with
+# the two objects' names exchanged (shapes_world.swap_subjects), their mask, and whether the
+# clip has one (else the states are the text's own).
+NEGATIVE_KEYS = {field: (f"{field}_neg_emb", f"{field}_neg_mask", f"{field}_neg_valid")
+                 for field in TEXT_KEYS}
 
 
 # What a train step reads of a batch (to_device moves nothing else to the devices).
@@ -54,6 +59,38 @@ def choose_text(rng, batch: dict, field: str):
     e, m = TEXT_KEYS[field]
     return batch[e].astype(jnp.float32), batch[m].astype(bool)
   return _caption_where(jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],)), batch)
+
+
+def choose_negative(rng, batch: dict, field: str):
+  """(emb_BLD, mask_BL, valid_B) of the binding negatives (NEGATIVE_KEYS) of the text
+  that choose_text(rng, batch, field) picks: the same field per sample."""
+  neg = {f: tuple(batch[k] for k in keys) for f, keys in NEGATIVE_KEYS.items()}
+  if field != "both":
+    e, m, v = neg[field]
+    return e.astype(jnp.float32), m.astype(bool), v.astype(bool)
+  pick_B = jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],))
+  (ce, cm, cv), (pe, pm, pv) = neg["caption"], neg["prompt"]
+  return (jnp.where(pick_B[:, None, None], ce, pe).astype(jnp.float32),
+          jnp.where(pick_B[:, None], cm, pm).astype(bool),
+          jnp.where(pick_B, cv, pv).astype(bool))
+
+
+def batch_keys(cfg) -> tuple[str, ...]:
+  """What a train step of `cfg` reads of a batch (to_device moves nothing else)."""
+  if cfg.diffusion.binding_weight > 0:
+    return _BATCH_KEYS + tuple(k for keys in NEGATIVE_KEYS.values() for k in keys)
+  return _BATCH_KEYS
+
+
+def binding_hinge(err_pos_B, err_neg_B, valid_B, margin: float):
+  """(loss, mean log-ratio): the mean over valid samples of relu(log(1 + margin) - g), with
+  g = log(err_neg / err_pos) the log of how much worse the negative text predicts the clip,
+  and g's mean (the training-time binding gap; 0 where no sample is valid)."""
+  gap_B = jnp.log(err_neg_B + 1e-6) - jnp.log(err_pos_B + 1e-6)
+  w_B = valid_B.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(w_B), 1.0)
+  hinge_B = jax.nn.relu(jnp.log1p(margin) - gap_B)
+  return jnp.sum(hinge_B * w_B) / n, jnp.sum(gap_B * w_B) / n
 
 
 def choose_text_per_clip(keys_B, batch: dict, field: str):
@@ -111,8 +148,14 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     keep_B = jax.random.uniform(k_drop, (b,)) >= cfg.diffusion.caption_dropout
     emb = jnp.where(keep_B[:, None, None], emb, null_emb[None])
     mask = jnp.where(keep_B[:, None], mask, null_mask[None])
+    # The binding contrast runs on video batches only (a single frame shows no motion).
+    contrast = cfg.diffusion.binding_weight > 0 and t > 1
+    if contrast:
+      neg_emb, neg_mask, neg_valid_B = choose_negative(k_txt, batch, cfg.data.caption_field)
     if not cfg.dit.text_mask:  # Attend to every text slot, padding (zeros) too, as Wan does.
       mask = jnp.ones_like(mask)
+      if contrast:
+        neg_mask = jnp.ones_like(neg_mask)
     tokens = schedules.num_tokens(x0.shape[1:4], cfg.dit.patch_size)
     t_B = schedules.sample_timesteps(k_t, b, tokens, cfg.diffusion)
     cond_BT = masks_lib.sample_cond_mask(k_mask, b, t, probs)
@@ -127,11 +170,25 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
       def model_fn(x_t, t_BT, c):
         return dit.apply({"params": params}, x_t, t_BT, c[0], c[1],
                          deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout})
-      loss, _ = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
-                                 cond=(emb, mask), t_clip=cfg.diffusion.x0_loss_t_clip)
-      return loss
+      loss, err_B = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
+                                     cond=(emb, mask), t_clip=cfg.diffusion.x0_loss_t_clip)
+      aux = {}
+      if contrast:
+        # The same clips, noise, t and clean frames with the negative text, on the half of
+        # the batch where it applies (valid samples first; the rest weigh nothing).
+        valid_B = neg_valid_B & keep_B & (t_B >= cfg.diffusion.binding_t_min)
+        rows = jnp.argsort(~valid_B, stable=True)[:max(1, b // 2)]
+        _, err_neg = loss_lib.rf_loss(
+            model_fn, x0[rows], t_B[rows], eps[rows], cond_BT[rows], cfg.diffusion.prediction,
+            cond=(neg_emb[rows], neg_mask[rows]), t_clip=cfg.diffusion.x0_loss_t_clip)
+        hinge, gap = binding_hinge(err_B[rows], err_neg, valid_B[rows],
+                                   cfg.diffusion.binding_margin)
+        aux = {"binding_loss": hinge, "binding_gap": gap,
+               "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
+        loss = loss + cfg.diffusion.binding_weight * hinge
+      return loss, aux
 
-    loss, grads = jax.value_and_grad(loss_fn)(state["params"])
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
@@ -139,7 +196,7 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     grad_norm = optax.global_norm(grads)
     return new, {"loss": loss, "grad_norm": grad_norm,
                  "cond_frac": jnp.mean(cond_BT.astype(jnp.float32)),
-                 "finite": optim.all_finite(loss, grad_norm)}
+                 "finite": optim.all_finite(loss, grad_norm), **aux}
 
   return init_state, train_step
 
@@ -316,7 +373,8 @@ class Trainer:
     with self.context():
       return self._step.lower(self.abstract_state, batch, *self.extra_step_args()).compile()
 
-  def to_device(self, batch_np: dict, keys=_BATCH_KEYS) -> dict:
+  def to_device(self, batch_np: dict, keys=None) -> dict:
+    keys = batch_keys(self.cfg) if keys is None else keys
     return mesh_lib.to_global({k: batch_np[k] for k in keys if k in batch_np}, self.mesh)
 
   def eval_to_device(self, batches_np: list[dict]) -> list[dict]:
@@ -330,6 +388,11 @@ def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
   WORKDIR's latent statistics, on `mesh` (default: config.mesh over all devices)."""
   from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   info = encode.read_info(cfg, workdir)
+  if cfg.diffusion.binding_weight > 0 and not info.get("binding_negatives"):
+    raise ConfigError(
+        f"diffusion.binding_weight={cfg.diffusion.binding_weight} trains against negative texts "
+        "the encoded data set lacks; encode with --config.data.binding_negatives=True into a "
+        "new data.data_dir, or set diffusion.binding_weight=0")
   want = text_lib.context_length(cfg)
   if info["text_len"] != want and not cfg.weights:
     raise ConfigError(
