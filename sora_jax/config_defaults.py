@@ -166,8 +166,8 @@ def base_config() -> ml_collections.ConfigDict:
   # below log(1 + binding_margin), weighted binding_weight (0: off) and added to the loss.
   # It costs a forward and backward pass of half the batch on video steps.
   cfg.diffusion.binding_weight = 0.0
-  cfg.diffusion.binding_margin = 0.1
-  cfg.diffusion.binding_t_min = 0.5
+  cfg.diffusion.binding_margin = 0.1  # How much worse (0.1: 10 %) the negative text must predict the clip.
+  cfg.diffusion.binding_t_min = 0.5  # Noise levels below this (content already visible) get no contrast.
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

@@ -69,6 +69,22 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("section,field,value,match", [
+    ("diffusion", "binding_weight", -0.1, "diffusion.binding_weight=-0.1"),
+    ("diffusion", "binding_margin", 0.0, "binding_margin=0.0 > 0"),
+    ("diffusion", "binding_t_min", 1.0, "binding_t_min=1.0 in"),
+    ("data", "name", "video_folder", "data.binding_negatives needs ShapesWorld"),
+])
+def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
+  cfg = base_config()
+  cfg.data.binding_negatives = True
+  cfg.data.video_dir = str(tmp_path)
+  cfg[section][field] = value
+  with pytest.raises(config_check.ConfigError, match=match) as e:
+    config_check.check(cfg, "train")
+  assert "\n" not in str(e.value)
+
+
 def test_help_lists_the_modes_flags_and_override_syntax():
   r = subprocess.run([sys.executable, "-m", "sora_jax", "--help"], capture_output=True, text=True,
                      timeout=120)

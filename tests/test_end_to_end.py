@@ -227,6 +227,51 @@ def test_training_on_data_encoded_with_other_text_slots_is_refused(workdir):
   assert "\n" not in str(e.value)
 
 
+def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
+  """--mode=encode with data.binding_negatives stores, per clip and field, the text
+  encoder's states of shapes_world.swap_subjects(text) (the text's own where there is
+  none); --mode=train with diffusion.binding_weight trains on them and logs the contrast;
+  data without them is refused in one line."""
+  from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
+  from sora_jax.data import encode, shapes_world  # pylint: disable=g-import-not-at-top
+  from sora_jax.models import text_encoder  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import train  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config()
+  cfg.diffusion.binding_weight = 0.5
+  with pytest.raises(ConfigError, match=r"binding_weight=0.5 .* lacks; .*binding_negatives=True") as e:
+    train.make_trainer(cfg, workdir)
+  assert "\n" not in str(e.value)
+
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "shapes_world").symlink_to(os.path.join(workdir, "data", "shapes_world"))
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / "vae_checkpoints").symlink_to(os.path.join(workdir, "vae_checkpoints"))
+  flags = [f"--config.data.data_dir={data}", "--config.data.binding_negatives=True"]
+  sora(str(wd), "--mode=encode", *flags)
+  cfg.data.data_dir = str(data)
+  src = encode.data_source(cfg, str(wd), "train")[0]
+  text = text_encoder.load_text_encoder(cfg)
+  valid = 0
+  for i in range(len(src)):
+    rec = src[i]
+    for field, (e, m, v) in train.NEGATIVE_KEYS.items():
+      own = rec[field].decode() if isinstance(rec[field], bytes) else rec[field]
+      swapped = shapes_world.swap_subjects(own, json.loads(rec["spec"]))
+      assert bool(rec[v]) == (swapped is not None)
+      want_emb, want_mask = text([own if swapped is None else swapped])
+      np.testing.assert_array_equal(rec[m], np.asarray(want_mask[0]))
+      np.testing.assert_allclose(rec[e].astype(np.float32), np.asarray(want_emb[0]),
+                                 rtol=2e-3, atol=2e-3)
+      valid += int(rec[v])
+  assert valid > 4, valid
+  r = sora(str(wd), "--mode=train", "--config.train.num_steps=2", *flags,
+           "--config.diffusion.binding_weight=0.5", "--config.diffusion.binding_t_min=0")
+  rows = [r for r in metrics.read_jsonl(str(wd / "metrics.jsonl")) if "binding_gap" in r]
+  assert rows and all(np.isfinite(r["binding_loss"]) for r in rows), r.stdout[-2000:]
+
+
 def test_init_from_warm_starts_from_a_workdirs_ema(workdir):
   """train.init_from: the new run's params and EMA are the source's EMA, at step 0, sharded
   over a data=2 x fsdp=2 mesh; a DiT of other shapes is refused with the reason."""

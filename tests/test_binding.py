@@ -1,0 +1,119 @@
+"""The binding contrast (diffusion.binding_weight, data.binding_negatives): its negative
+texts read back by the independent prompt parser, its hinge against a float64 reference, and
+the train step's contrast term against the same step without it."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sora_jax.config_defaults import base_config
+from sora_jax.data import shapes_world as sw
+from sora_jax.training import benchmark, train
+
+LATENT, TEXT_LEN, BATCH = (3, 4, 4, 4), 6, 8
+
+
+@pytest.mark.parametrize("field", ["prompt", "caption"])
+def test_swap_subjects_gives_every_other_word_to_the_other_object(field):
+  """The parser (independent of the generator) reads the negative as the clip with the two
+  objects' color and shape exchanged and everything else where it was."""
+  checked = 0
+  for seed in range(300):
+    clip = sw.generate_clip(seed, 17, 32, 32, two_object_fraction=1.0)
+    spec, text = clip["spec"], clip[field]
+    o0, o1 = spec["objects"]
+    swapped = sw.swap_subjects(text, spec)
+    alike = all(o0.get(k) == o1.get(k) for k in ("size", "motion", "position"))
+    if (o0["color"], o0["shape"]) == (o1["color"], o1["shape"]) or alike:
+      assert swapped is None, (text, spec)
+      continue
+    assert swapped is not None and swapped != text, text
+    assert sw.swap_subjects(swapped, spec) == text  # exchanging twice gives the text back
+    parsed = sw.parse_prompt(swapped)["objects"]
+    assert len(parsed) == 2, swapped
+    for k, got in enumerate(parsed):
+      other, same = spec["objects"][1 - k], spec["objects"][k]
+      assert (got["color"], got["shape"]) == (other["color"], other["shape"]), (swapped, got)
+      assert (got["size"], got["motion"]) == (same["size"], same["motion"]), (swapped, got)
+      if field == "prompt":
+        assert got.get("position") == same.get("position"), (swapped, got)
+    checked += 1
+  assert checked > 150
+
+
+def test_swap_subjects_refuses_what_it_cannot_rebind():
+  one = sw.generate_clip(0, 17, 32, 32, two_object_fraction=0.0)
+  assert sw.swap_subjects(one["prompt"], one["spec"]) is None  # one object
+  two = next(c for c in (sw.generate_clip(s, 17, 32, 32, 1.0) for s in range(50))
+             if sw.swap_subjects(c["prompt"], c["spec"]) is not None)
+  assert sw.swap_subjects("a green blob and a grey box", two["spec"]) is None  # names absent
+  o = two["spec"]["objects"][0]
+  assert sw.swap_subjects(two["prompt"], {"objects": [o, dict(o)]}) is None  # alike objects
+
+
+def test_binding_hinge_matches_a_float64_reference():
+  rng = np.random.default_rng(0)
+  pos, neg = rng.uniform(0.1, 2.0, 8), rng.uniform(0.1, 2.0, 8)
+  valid = np.array([1, 1, 0, 1, 0, 1, 1, 0], bool)
+  gap = np.log(neg + 1e-6) - np.log(pos + 1e-6)
+  want_hinge = np.sum(np.maximum(np.log(1.2) - gap, 0) * valid) / valid.sum()
+  hinge, mean_gap = train.binding_hinge(jnp.asarray(pos, jnp.float32), jnp.asarray(neg, jnp.float32),
+                                        jnp.asarray(valid), 0.2)
+  np.testing.assert_allclose(float(hinge), want_hinge, rtol=1e-5)
+  np.testing.assert_allclose(float(mean_gap), np.sum(gap * valid) / valid.sum(), rtol=1e-5)
+  # It pushes the negative's error up and the text's down, only where the margin is unmet.
+  d_pos, d_neg = jax.grad(lambda p, n: train.binding_hinge(p, n, jnp.asarray(valid), 0.2)[0],
+                          argnums=(0, 1))(jnp.asarray(pos, jnp.float32), jnp.asarray(neg, jnp.float32))
+  active = valid & (gap < np.log(1.2))
+  assert np.all(np.asarray(d_neg)[active] < 0) and np.all(np.asarray(d_pos)[active] > 0)
+  assert np.all(np.asarray(d_neg)[~active] == 0) and np.all(np.asarray(d_pos)[~active] == 0)
+  assert float(train.binding_hinge(jnp.ones(2), jnp.ones(2), jnp.zeros(2, bool), 0.2)[0]) == 0.0
+
+
+def _cfg(weight):
+  cfg = base_config()
+  cfg.dit.dim, cfg.dit.ffn_dim, cfg.dit.num_heads, cfg.dit.num_layers = 32, 64, 2, 1
+  cfg.text.dim, cfg.data.batch_size, cfg.vae.z_dim = 16, BATCH, LATENT[-1]
+  cfg.diffusion.caption_dropout, cfg.diffusion.binding_t_min = 0.0, 0.0
+  cfg.diffusion.binding_weight, cfg.diffusion.binding_margin = weight, 0.25
+  return cfg
+
+
+def _trainer(cfg):
+  """(trainer, run(host batch) -> the step's metrics from the same random, nonzero weights:
+  the DiT's zero-initialised output layers would make every text predict alike)."""
+  stats = (np.zeros(LATENT[-1], np.float32), np.ones(LATENT[-1], np.float32))
+  null = (np.zeros((TEXT_LEN, cfg.text.dim), np.float32), np.eye(1, TEXT_LEN, dtype=bool)[0])
+  trainer = train.Trainer(cfg, stats, null, (BATCH, *LATENT), TEXT_LEN)
+  params = jax.device_get(trainer.init_state()["params"])
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda x: (x + 0.2 * rng.standard_normal(x.shape)).astype(x.dtype), params)
+
+  def run(host):
+    state = trainer.init_state()
+    state["params"] = jax.device_put(params, trainer.state_sharding["params"])
+    return jax.device_get(trainer.step(state, trainer.to_device(host))[1])
+  return run
+
+
+def test_train_step_adds_the_hinge_of_the_negative_text():
+  """The contrast changes no draw of the step: with the negative equal to the text the gap
+  is 0 and the loss is the plain loss + weight * log(1 + margin); with no valid negative it
+  is the plain loss; other negative states give a gap."""
+  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
+  plain = _trainer(_cfg(0.0))(host)
+  assert "binding_loss" not in plain
+  contrast = _trainer(_cfg(0.5))
+  same = dict(host)
+  for field, (e, m, _) in train.NEGATIVE_KEYS.items():
+    same |= {e: host[f"{field}_emb"], m: host[f"{field}_mask"]}
+  got = contrast(same)
+  assert abs(got["binding_gap"]) < 1e-5 and got["binding_frac"] == 1.0
+  np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * np.log(1.25), rtol=1e-5)
+  none_valid = dict(host) | {v: np.zeros(BATCH, bool) for _, _, v in train.NEGATIVE_KEYS.values()}
+  got = contrast(none_valid)
+  assert got["binding_frac"] == 0.0 and got["binding_loss"] == 0.0
+  np.testing.assert_allclose(got["loss"], plain["loss"], rtol=1e-6)
+  got = contrast(host)  # random negative states
+  assert abs(got["binding_gap"]) > 1e-3 and got["binding_frac"] == 1.0
+  np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["binding_loss"], rtol=1e-5)
