@@ -292,3 +292,21 @@ def test_eval_runs_every_eval_every_steps_and_at_the_end(tmp_path):
                   data_iter=CountingIterator(), to_device=lambda b: b,
                   eval_fn=lambda state, step: seen.append(step) or {})
   assert seen == [12, 16, 18]
+
+
+def test_a_metric_some_steps_lack_is_averaged_over_the_steps_that_have_it(tmp_path):
+  """The binding contrast logs only on video steps: a logged row averages each metric over
+  the steps of its window that report it."""
+  def step(state, batch):
+    new, m = _step(state, batch)
+    if int(state["step"]) % 2 == 0:  # steps 1, 3, 5, ... report an extra metric
+      m = dict(m, extra=jnp.float32(10.0) * (state["step"] + 1))
+    return new, m
+
+  loop.train_loop(workdir=str(tmp_path), ckpt_dir=str(tmp_path / "ckpt"), train_cfg=_cfg(6),
+                  init_state=_init, abstract_state=jax.eval_shape(_init), step_fn=step,
+                  data_iter=CountingIterator(), to_device=lambda b: b, tag="t")
+  rows = [r for r in metrics.read_jsonl(str(tmp_path / "metrics.jsonl")) if "loss" in r]
+  assert [r["step"] for r in rows] == [2, 4, 6]
+  # log_every=2: each window has one reporting step (1, 3, 5).
+  assert [r["extra"] for r in rows] == [10.0, 30.0, 50.0]
