@@ -32,9 +32,13 @@ from sora_jax.models import text_encoder as text_lib
 from sora_jax.models import vae as vae_lib
 from sora_jax.models import weights
 from sora_jax.training import checkpoint
-from sora_jax.training.train import NEGATIVE_KEYS
 
 CHUNK = 64  # Records per staged chunk (the unit of resumption).
+# With data.binding_negatives, per text field: the states of that text with the two objects'
+# names exchanged (shapes_world.swap_subjects), their mask, and whether the clip has one
+# (else the states are the text's own).
+NEGATIVE_KEYS = {field: (f"{field}_neg_emb", f"{field}_neg_mask", f"{field}_neg_valid")
+                 for field in ("caption", "prompt")}
 INFO = "info.json"
 NULL_TEXT = "null_text.npz"
 

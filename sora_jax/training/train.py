@@ -30,6 +30,7 @@ import optax
 from sora_jax import paths
 from sora_jax.config_check import (COND_MASKS, ConfigError, eval_timesteps, init_from_dir,
                                    parse_weights)
+from sora_jax.data.encode import NEGATIVE_KEYS
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
 from sora_jax.diffusion import schedules
@@ -41,11 +42,6 @@ from sora_jax.training import checkpoint, lora, loop, optim
 
 EVAL_NOISE_SEED = 1206  # Noise and text choice of the held-out evaluation (independent of `seed`).
 TEXT_KEYS = {"caption": ("caption_emb", "caption_mask"), "prompt": ("prompt_emb", "prompt_mask")}
-# With data.binding_negatives, per text field (data/encode.py): the states of that text with
-# the two objects' names exchanged (shapes_world.swap_subjects), their mask, and whether the
-# clip has one (else the states are the text's own).
-NEGATIVE_KEYS = {field: (f"{field}_neg_emb", f"{field}_neg_mask", f"{field}_neg_valid")
-                 for field in TEXT_KEYS}
 
 
 # What a train step reads of a batch (to_device moves nothing else to the devices).
