@@ -9,6 +9,7 @@ import json
 import re
 
 from sora_jax import paths
+from sora_jax.data.shapes_world import SWAPS
 
 MODES = ("data", "train_vae", "encode", "train", "sample", "eval", "benchmark", "compile")
 TASKS = ("t2v", "t2i", "i2v", "extend", "extend_backward", "loop", "interpolate", "edit", "long")
@@ -209,6 +210,7 @@ def check(cfg, mode: str) -> None:
     raise ConfigError(f"diffusion.binding_weight={d.binding_weight} must be >= 0 (0: off), "
                       f"binding_margin={d.binding_margin} > 0 and binding_t_min="
                       f"{d.binding_t_min} in [0, 1)")
+  _one_of("data.binding_swap", cfg.data.binding_swap, SWAPS)
   if cfg.data.binding_negatives and cfg.data.name != "shapes_world":
     raise ConfigError(f"data.binding_negatives needs ShapesWorld specs (which name the objects), "
                       f"not data.name={cfg.data.name!r}; set data.binding_negatives=False")

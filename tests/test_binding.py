@@ -13,28 +13,32 @@ from sora_jax.training import benchmark, train
 LATENT, TEXT_LEN, BATCH = (3, 4, 4, 4), 6, 8
 
 
+@pytest.mark.parametrize("swap", sw.SWAPS)
 @pytest.mark.parametrize("field", ["prompt", "caption"])
-def test_swap_subjects_gives_every_other_word_to_the_other_object(field):
+def test_swap_subjects_gives_every_other_word_to_the_other_object(field, swap):
   """The parser (independent of the generator) reads the negative as the clip with the two
-  objects' color and shape exchanged and everything else where it was."""
+  objects' color and shape (and with swap='object' size) exchanged and everything else
+  where it was."""
+  named = ("color", "shape", "size") if swap == "object" else ("color", "shape")
+  kept = ("motion",) if swap == "object" else ("size", "motion")
   checked = 0
   for seed in range(300):
     clip = sw.generate_clip(seed, 17, 32, 32, two_object_fraction=1.0)
     spec, text = clip["spec"], clip[field]
     o0, o1 = spec["objects"]
-    swapped = sw.swap_subjects(text, spec)
-    alike = all(o0.get(k) == o1.get(k) for k in ("size", "motion", "position"))
+    swapped = sw.swap_subjects(text, spec, swap)
+    alike = all(o0.get(k) == o1.get(k) for k in (*kept, "position"))
     if (o0["color"], o0["shape"]) == (o1["color"], o1["shape"]) or alike:
       assert swapped is None, (text, spec)
       continue
     assert swapped is not None and swapped != text, text
-    assert sw.swap_subjects(swapped, spec) == text  # exchanging twice gives the text back
+    assert sw.swap_subjects(swapped, spec, swap) == text  # exchanging twice gives it back
     parsed = sw.parse_prompt(swapped)["objects"]
     assert len(parsed) == 2, swapped
     for k, got in enumerate(parsed):
       other, same = spec["objects"][1 - k], spec["objects"][k]
-      assert (got["color"], got["shape"]) == (other["color"], other["shape"]), (swapped, got)
-      assert (got["size"], got["motion"]) == (same["size"], same["motion"]), (swapped, got)
+      assert all(got[a] == other[a] for a in named), (swapped, got)
+      assert all(got[a] == same[a] for a in kept), (swapped, got)
       if field == "prompt":
         assert got.get("position") == same.get("position"), (swapped, got)
     checked += 1

@@ -74,6 +74,7 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
     ("diffusion", "binding_margin", 0.0, "binding_margin=0.0 > 0"),
     ("diffusion", "binding_t_min", 1.0, "binding_t_min=1.0 in"),
     ("data", "name", "video_folder", "data.binding_negatives needs ShapesWorld"),
+    ("data", "binding_swap", "motion", "data.binding_swap='motion'"),
 ])
 def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
   cfg = base_config()

@@ -229,8 +229,8 @@ def test_training_on_data_encoded_with_other_text_slots_is_refused(workdir):
 
 def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
   """--mode=encode with data.binding_negatives stores, per clip and field, the text
-  encoder's states of shapes_world.swap_subjects(text) (the text's own where there is
-  none); --mode=train with diffusion.binding_weight trains on them and logs the contrast;
+  encoder's states of shapes_world.swap_subjects(text, spec, data.binding_swap) (the
+  text's own where there is none); --mode=train with diffusion.binding_weight trains on them and logs the contrast;
   data without them is refused in one line."""
   from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
   from sora_jax.data import encode, shapes_world  # pylint: disable=g-import-not-at-top
@@ -248,9 +248,11 @@ def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
   wd = tmp_path / "wd"
   wd.mkdir()
   (wd / "vae_checkpoints").symlink_to(os.path.join(workdir, "vae_checkpoints"))
-  flags = [f"--config.data.data_dir={data}", "--config.data.binding_negatives=True"]
+  flags = [f"--config.data.data_dir={data}", "--config.data.binding_negatives=True",
+           "--config.data.binding_swap=object"]
   sora(str(wd), "--mode=encode", *flags)
   cfg.data.data_dir = str(data)
+  assert encode.read_info(cfg, str(wd))["binding_swap"] == "object"
   src = encode.data_source(cfg, str(wd), "train")[0]
   text = text_encoder.load_text_encoder(cfg)
   valid = 0
@@ -258,7 +260,7 @@ def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
     rec = src[i]
     for field, (e, m, v) in train.NEGATIVE_KEYS.items():
       own = rec[field].decode() if isinstance(rec[field], bytes) else rec[field]
-      swapped = shapes_world.swap_subjects(own, json.loads(rec["spec"]))
+      swapped = shapes_world.swap_subjects(own, json.loads(rec["spec"]), "object")
       assert bool(rec[v]) == (swapped is not None)
       want_emb, want_mask = text([own if swapped is None else swapped])
       np.testing.assert_array_equal(rec[m], np.asarray(want_mask[0]))

@@ -198,9 +198,9 @@ def batches_in_fixed_order(cfg, source, ids_R, num_clips: int) -> list[dict]:
   return out
 
 
-def _encode_chunk(vae_apply, text, records: list[dict], negatives: bool = False) -> dict:
-  """uint8 clips + texts of one bucket -> arrays of one staged chunk (with `negatives`, also
-  the NEGATIVE_KEYS of each text field)."""
+def _encode_chunk(vae_apply, text, records: list[dict], negatives: str = "") -> dict:
+  """uint8 clips + texts of one bucket -> arrays of one staged chunk (with `negatives`, a
+  shapes_world.swap_subjects swap, also the NEGATIVE_KEYS of each text field)."""
   videos = np.stack([r["video"] for r in records]).astype(np.float32) / 127.5 - 1.0
   means, stds = [], []
   for i in range(0, len(videos), 16):  # bounded memory per encoder call
@@ -218,7 +218,8 @@ def _encode_chunk(vae_apply, text, records: list[dict], negatives: bool = False)
   if negatives:
     specs = [json.loads(s) for s in out["spec"]]
     for field, (e, m, v) in NEGATIVE_KEYS.items():
-      swapped = [shapes_world.swap_subjects(str(t), sp) for t, sp in zip(out[field], specs)]
+      swapped = [shapes_world.swap_subjects(str(t), sp, negatives)
+                 for t, sp in zip(out[field], specs)]
       neg_emb, neg_mask = text([str(t) if n is None else n for t, n in zip(out[field], swapped)])
       out |= {e: np.asarray(neg_emb, np.float16), m: np.asarray(neg_mask),
               v: np.array([n is not None for n in swapped])}
@@ -297,10 +298,12 @@ def run(cfg, workdir: str) -> None:
                                    "mask": np.asarray(null_mask[0])})
 
   settings = stage / "settings.json"  # What the staged chunks hold (checked on resume).
-  want = {"binding_negatives": bool(cfg.data.binding_negatives)}
+  negatives = cfg.data.binding_swap if cfg.data.binding_negatives else ""
+  want = {"binding_negatives": bool(negatives), "binding_swap": negatives}
   if settings.exists() and json.loads(settings.read_text()) != want:
     raise ConfigError(f"{stage} holds chunks encoded with {settings.read_text()}, not {want}; "
-                      "set data.binding_negatives as then, or delete the staging folder")
+                      "set data.binding_negatives / binding_swap as then, or delete the "
+                      "staging folder")
   if jax.process_index() == 0:
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(want))
@@ -318,7 +321,7 @@ def run(cfg, workdir: str) -> None:
       if c % nproc != pid or path.exists():
         continue
       _atomic_savez(path, _encode_chunk(vae_apply, text, [src[i] for i in range(lo, hi)],
-                                        cfg.data.binding_negatives))
+                                        negatives))
       print(f"[encode] {split} chunk {c + 1}/{len(split_chunks)} ({time.time() - t0:.0f}s)",
             flush=True)
   if nproc > 1:
@@ -338,7 +341,7 @@ def run(cfg, workdir: str) -> None:
           "text_dim": int(null_emb.shape[2]), "latent_shapes": latent_shapes,
           "bucket_runs": runs, "num_records": num_records,
           "text_encoder": cfg.text.encoder, "truncated": truncated,
-          "binding_negatives": bool(cfg.data.binding_negatives)}
+          "binding_negatives": bool(negatives), "binding_swap": negatives}
   (root / INFO).write_text(json.dumps(info))
   stats = latent_statistics(stage, len(chunks(runs["train"])))
   paths.path(paths.latent_stats(workdir)).write_text(json.dumps(stats))

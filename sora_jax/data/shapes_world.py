@@ -372,28 +372,57 @@ def swap_caption_objects(caption: str, spec: dict) -> str:
   return out
 
 
-def swap_subjects(text: str, spec: dict) -> str | None:
-  """A clip's prompt or caption with its two objects' "<color> <shape>" names exchanged, so
-  every other word (size, motion, position, start) now describes the other object; None
-  where that text would fit the clip too or cannot be made: fewer or more than two
-  objects, the same color and shape for both, a name the text lacks, or objects alike in
-  size, motion and position (nothing is rebound).
+# What swap_subjects exchanges between a text's two objects (data.binding_swap).
+SWAPS = ("color_shape", "object")
 
-  The training negative of diffusion.binding_weight: the very words of the right text,
-  bound to the wrong objects ("a small red circle falling and a large blue square moving
-  left" -> "a small blue square falling and a large red circle moving left")."""
+
+def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | None:
+  """A clip's prompt or caption with its two objects' names exchanged, so the other words
+  now describe the other object; None where that text would fit the clip too or cannot be
+  made: fewer or more than two objects, the same color and shape for both, a name the text lacks, or
+  objects alike in every attribute that changes hands (nothing is rebound).
+
+  swap='color_shape' exchanges "<color> <shape>": size, motion and position change hands
+  ("a small red circle falling and a large blue square moving left" -> "a small blue
+  square falling and a large red circle moving left"). swap='object' takes the size word
+  in front along ("small red circle" <-> "large blue square"): only motion and position
+  change hands. The training negative of diffusion.binding_weight: the very words of the
+  right text, bound to the wrong objects."""
+  if swap not in SWAPS:
+    raise ValueError(f"swap={swap!r} is not one of {SWAPS}")
   objects = spec.get("objects", [])
   if len(objects) != 2:
     return None
+  with_size = swap == "object"
+  key = (lambda o: (o["size"], o["color"], o["shape"])) if with_size else (
+      lambda o: (o["color"], o["shape"]))
   names = [f"{o['color']} {o['shape']}" for o in objects]
-  if names[0] == names[1]:
+  if key(objects[0]) == key(objects[1]) or names[0] == names[1]:
     return None
-  if all(objects[0].get(k) == objects[1].get(k) for k in ("size", "motion", "position")):
+  moved = ("motion", "position") if with_size else ("size", "motion", "position")
+  if all(objects[0].get(k) == objects[1].get(k) for k in moved):
     return None
-  if not all(re.search(rf"\b{re.escape(n)}\b", text) for n in names):
+  sizes = ["|".join(_SIZE_WORDS[o["size"]]) for o in objects]
+  # One alternative per object: its name, with its size word in front when swap='object'
+  # (optional: a caption's "the red circle" has none).
+  alts = [rf"(?:\b(?:{sz}) )?\b{re.escape(n)}\b" if with_size else rf"\b{re.escape(n)}\b"
+          for n, sz in zip(names, sizes)]
+  found = [re.search(a, text) for a in alts]
+  if not all(found):
     return None
-  pattern = re.compile(rf"\b({re.escape(names[0])}|{re.escape(names[1])})\b")
-  return pattern.sub(lambda m: names[1] if m.group(1) == names[0] else names[0], text)
+  full = [f.group(0) for f in found]  # each object as the text first calls it
+  if with_size:  # the fullest form, with a size word, where the text has one
+    for k, a in enumerate(alts):
+      withs = [m.group(0) for m in re.finditer(a, text) if m.group(0) != names[k]]
+      if withs:
+        full[k] = withs[0]
+  pattern = re.compile(f"(?P<a>{alts[0]})|(?P<b>{alts[1]})")
+
+  def other(m):
+    k = 0 if m.group("a") else 1
+    has_size = m.group(0) != names[k]
+    return full[1 - k] if has_size else names[1 - k]
+  return pattern.sub(other, text)
 
 
 def _start_words(top, left, mask, H, W) -> str:
