@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from sora_jax.config_defaults import base_config
+from sora_jax.data import encode
 from sora_jax.data import shapes_world as sw
 from sora_jax.training import benchmark, train
 
@@ -109,12 +110,12 @@ def test_train_step_adds_the_hinge_of_the_negative_text():
   assert "binding_loss" not in plain
   contrast = _trainer(_cfg(0.5))
   same = dict(host)
-  for field, (e, m, _) in train.NEGATIVE_KEYS.items():
+  for field, (e, m, _) in encode.NEGATIVE_KEYS.items():
     same |= {e: host[f"{field}_emb"], m: host[f"{field}_mask"]}
   got = contrast(same)
   assert abs(got["binding_gap"]) < 1e-5 and got["binding_frac"] == 1.0
   np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * np.log(1.25), rtol=1e-5)
-  none_valid = dict(host) | {v: np.zeros(BATCH, bool) for _, _, v in train.NEGATIVE_KEYS.values()}
+  none_valid = dict(host) | {v: np.zeros(BATCH, bool) for _, _, v in encode.NEGATIVE_KEYS.values()}
   got = contrast(none_valid)
   assert got["binding_frac"] == 0.0 and got["binding_loss"] == 0.0
   np.testing.assert_allclose(got["loss"], plain["loss"], rtol=1e-6)

@@ -258,7 +258,7 @@ def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
   valid = 0
   for i in range(len(src)):
     rec = src[i]
-    for field, (e, m, v) in train.NEGATIVE_KEYS.items():
+    for field, (e, m, v) in encode.NEGATIVE_KEYS.items():
       own = rec[field].decode() if isinstance(rec[field], bytes) else rec[field]
       swapped = shapes_world.swap_subjects(own, json.loads(rec["spec"]), "object")
       assert bool(rec[v]) == (swapped is not None)

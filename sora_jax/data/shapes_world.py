@@ -379,8 +379,8 @@ SWAPS = ("color_shape", "object")
 def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | None:
   """A clip's prompt or caption with its two objects' names exchanged, so the other words
   now describe the other object; None where that text would fit the clip too or cannot be
-  made: fewer or more than two objects, the same color and shape for both, a name the text lacks, or
-  objects alike in every attribute that changes hands (nothing is rebound).
+  made: fewer or more than two objects, the same color and shape for both, a name the
+  text lacks, or objects alike in every attribute that changes hands (nothing is rebound).
 
   swap='color_shape' exchanges "<color> <shape>": size, motion and position change hands
   ("a small red circle falling and a large blue square moving left" -> "a small blue
@@ -394,10 +394,8 @@ def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | Non
   if len(objects) != 2:
     return None
   with_size = swap == "object"
-  key = (lambda o: (o["size"], o["color"], o["shape"])) if with_size else (
-      lambda o: (o["color"], o["shape"]))
   names = [f"{o['color']} {o['shape']}" for o in objects]
-  if key(objects[0]) == key(objects[1]) or names[0] == names[1]:
+  if names[0] == names[1]:
     return None
   moved = ("motion", "position") if with_size else ("size", "motion", "position")
   if all(objects[0].get(k) == objects[1].get(k) for k in moved):
@@ -407,15 +405,11 @@ def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | Non
   # (optional: a caption's "the red circle" has none).
   alts = [rf"(?:\b(?:{sz}) )?\b{re.escape(n)}\b" if with_size else rf"\b{re.escape(n)}\b"
           for n, sz in zip(names, sizes)]
-  found = [re.search(a, text) for a in alts]
-  if not all(found):
+  calls = [[m.group(0) for m in re.finditer(a, text)] for a in alts]
+  if not all(calls):
     return None
-  full = [f.group(0) for f in found]  # each object as the text first calls it
-  if with_size:  # the fullest form, with a size word, where the text has one
-    for k, a in enumerate(alts):
-      withs = [m.group(0) for m in re.finditer(a, text) if m.group(0) != names[k]]
-      if withs:
-        full[k] = withs[0]
+  # Each object's fullest call: the first with a size word (swap='object'), else its name.
+  full = [next((c for c in cs if c != n), n) for cs, n in zip(calls, names)]
   pattern = re.compile(f"(?P<a>{alts[0]})|(?P<b>{alts[1]})")
 
   def other(m):

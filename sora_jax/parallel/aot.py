@@ -112,6 +112,7 @@ def batch_sharding(mesh, batch: int, ndim: int) -> NamedSharding:
 # ------------------------------------------------------------------ programs
 def compile_train(cfg, mesh):
   """The train step of `--mode=train` (training.train.Trainer), compiled for the mesh."""
+  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   from sora_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   frames, height, width = train_clip(cfg)
   b, text_len, z = cfg.data.batch_size, text_lib.context_length(cfg), cfg.vae.z_dim
@@ -131,7 +132,7 @@ def compile_train(cfg, mesh):
     batch[f"{field}_emb"] = _abstract((b, text_len, cfg.text.dim), jnp.float16, shard(3))
     batch[f"{field}_mask"] = _abstract((b, text_len), bool, shard(2))
     if cfg.diffusion.binding_weight > 0:  # data.binding_negatives' texts
-      e, m, v = train_lib.NEGATIVE_KEYS[field]
+      e, m, v = encode.NEGATIVE_KEYS[field]
       batch |= {e: _abstract((b, text_len, cfg.text.dim), jnp.float16, shard(3)),
                 m: _abstract((b, text_len), bool, shard(2)), v: _abstract((b,), bool, shard(1))}
   return trainer.compile_step(batch)

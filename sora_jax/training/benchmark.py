@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import config_check, paths
+from sora_jax.data import encode
 from sora_jax.diffusion import schedules, solvers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text_encoder as text_lib
@@ -61,7 +62,7 @@ def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) 
          "caption_emb": emb, "caption_mask": mask, "prompt_emb": emb, "prompt_mask": mask}
   if cfg.diffusion.binding_weight > 0:  # data.binding_negatives' texts, every clip having one
     neg = rng.standard_normal((batch, text_len, cfg.text.dim), np.float32)
-    for e, m, v in train_lib.NEGATIVE_KEYS.values():
+    for e, m, v in encode.NEGATIVE_KEYS.values():
       out |= {e: neg, m: mask, v: np.ones(batch, bool)}
   return out
 

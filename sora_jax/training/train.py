@@ -30,7 +30,7 @@ import optax
 from sora_jax import paths
 from sora_jax.config_check import (COND_MASKS, ConfigError, eval_timesteps, init_from_dir,
                                    parse_weights)
-from sora_jax.data.encode import NEGATIVE_KEYS
+from sora_jax.data import encode
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
 from sora_jax.diffusion import schedules
@@ -54,17 +54,22 @@ def choose_text(rng, batch: dict, field: str):
   if field != "both":
     e, m = TEXT_KEYS[field]
     return batch[e].astype(jnp.float32), batch[m].astype(bool)
-  return _caption_where(jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],)), batch)
+  return _caption_where(_pick_caption(rng, batch), batch)
+
+
+def _pick_caption(rng, batch: dict):
+  """(B,) bool: per sample, the caption (else the prompt) for caption_field 'both'."""
+  return jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],))
 
 
 def choose_negative(rng, batch: dict, field: str):
-  """(emb_BLD, mask_BL, valid_B) of the binding negatives (NEGATIVE_KEYS) of the text
+  """(emb_BLD, mask_BL, valid_B) of the binding negatives (encode.NEGATIVE_KEYS) of the text
   that choose_text(rng, batch, field) picks: the same field per sample."""
-  neg = {f: tuple(batch[k] for k in keys) for f, keys in NEGATIVE_KEYS.items()}
+  neg = {f: tuple(batch[k] for k in keys) for f, keys in encode.NEGATIVE_KEYS.items()}
   if field != "both":
     e, m, v = neg[field]
     return e.astype(jnp.float32), m.astype(bool), v.astype(bool)
-  pick_B = jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],))
+  pick_B = _pick_caption(rng, batch)
   (ce, cm, cv), (pe, pm, pv) = neg["caption"], neg["prompt"]
   return (jnp.where(pick_B[:, None, None], ce, pe).astype(jnp.float32),
           jnp.where(pick_B[:, None], cm, pm).astype(bool),
@@ -74,7 +79,7 @@ def choose_negative(rng, batch: dict, field: str):
 def batch_keys(cfg) -> tuple[str, ...]:
   """What a train step of `cfg` reads of a batch (to_device moves nothing else)."""
   if cfg.diffusion.binding_weight > 0:
-    return _BATCH_KEYS + tuple(k for keys in NEGATIVE_KEYS.values() for k in keys)
+    return _BATCH_KEYS + tuple(k for keys in encode.NEGATIVE_KEYS.values() for k in keys)
   return _BATCH_KEYS
 
 
@@ -382,7 +387,6 @@ class Trainer:
 def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
   """The Trainer for the encoded data set of `cfg` (data.data_dir, else WORKDIR/data) with
   WORKDIR's latent statistics, on `mesh` (default: config.mesh over all devices)."""
-  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   info = encode.read_info(cfg, workdir)
   if cfg.diffusion.binding_weight > 0 and not info.get("binding_negatives"):
     raise ConfigError(
@@ -401,7 +405,6 @@ def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
 
 
 def run(cfg, workdir: str) -> None:
-  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   data_iter = encode.make_latent_iterator(cfg, workdir, split="train")
   trainer = make_trainer(cfg, workdir)
   loop.train_loop(workdir=workdir, ckpt_dir=paths.dit_checkpoints(workdir), train_cfg=cfg.train,
@@ -415,7 +418,6 @@ def make_evaluator(cfg, workdir: str, trainer: "Trainer"):
   velocity MSE (Trainer.eval_losses) on train.eval_clips fixed validation clips, per t
   and averaged, and its average on as many fixed training clips (the train/held-out
   gap says whether the model memorises its clips)."""
-  from sora_jax.data import encode  # pylint: disable=g-import-not-at-top
   ts = eval_timesteps(cfg)
   splits = {}
   for split in ("validation", "train"):
