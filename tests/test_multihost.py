@@ -22,7 +22,7 @@ import pytest
 from sora_jax.training import checkpoint, metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 10  # long enough that a SIGTERM at step 2 lands well before the end
+STEPS = 10  # the preempted run stops at step 1, well before the end
 TINY = [
     "--config.data.num_train=16", "--config.data.num_val=8", "--config.data.batch_size=8",
     "--config.data.buckets=9x16x16",
@@ -103,26 +103,30 @@ def _finish(procs, outputs=None):
   return outputs
 
 
-def _sigterm_one_after(procs, step):
-  """Sends SIGTERM to process 1 only, once process 0 logged `step`; returns the outputs."""
+def _sigterm_one_at_start(procs):
+  """Sends SIGTERM to process 1 only, as soon as it says it starts; returns the outputs.
+
+  The signal lands while the first step compiles (seconds), so the processes' stop vote
+  carries it at step 1. Waiting for a later step's log line raced the run: a step of
+  this tiny model takes milliseconds, so the run could reach its end before the signal."""
   lines, sent = [], threading.Event()
 
   def watch():
-    for line in procs[0].stdout:
+    for line in procs[1].stdout:
       lines.append(line)
-      if not sent.is_set() and f"step {step}/" in line:
+      if not sent.is_set() and "starting at step 0" in line:
         procs[1].send_signal(signal.SIGTERM)
         sent.set()
 
   reader = threading.Thread(target=watch, daemon=True)
   reader.start()
-  out1 = procs[1].communicate(timeout=900)[0]
-  procs[0].wait(timeout=900)
+  out0 = procs[0].communicate(timeout=900)[0]
+  procs[1].wait(timeout=900)
   reader.join(timeout=60)
   assert sent.is_set(), "".join(lines)[-3000:]
-  for i, (p, out) in enumerate(zip(procs, ("".join(lines), out1))):
+  for i, (p, out) in enumerate(zip(procs, (out0, "".join(lines)))):
     assert p.returncode == 0, f"process {i} failed:\n{out[-4000:]}"
-  return ["".join(lines), out1]
+  return [out0, "".join(lines)]
 
 
 def test_two_processes_train_like_one_and_stop_together(encoded, tmp_path):
@@ -133,12 +137,12 @@ def test_two_processes_train_like_one_and_stop_together(encoded, tmp_path):
   _sora(one, "--mode=train", data, *steps, devices=8)
 
   two, data = _train_dir(encoded, tmp_path, "two_processes")
-  outputs = _sigterm_one_after(_start_two(two, "--mode=train", data, *steps), step=2)
+  outputs = _sigterm_one_at_start(_start_two(two, "--mode=train", data, *steps))
   # Really one 8-device job: the processes connected their collectives to each other.
   assert any("connected to 7 peer ranks" in out for out in outputs), outputs[0][-2000:]
   ckpt = os.path.join(two, "checkpoints")
   saved = checkpoint.all_steps(ckpt)
-  assert len(saved) == 1 and 2 <= saved[0] < STEPS, (saved, outputs[0][-2000:])
+  assert len(saved) == 1 and 1 <= saved[0] < STEPS, (saved, outputs[0][-2000:])
   # Both processes wrote their shards of that one step (orbax commits it only then).
   assert {"ocdbt.process_0", "ocdbt.process_1"} <= set(
       os.listdir(os.path.join(ckpt, str(saved[0]), "state")))
