@@ -230,8 +230,8 @@ def test_training_on_data_encoded_with_other_text_slots_is_refused(workdir):
 def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
   """--mode=encode with data.binding_negatives stores, per clip and field, the text
   encoder's states of shapes_world.swap_subjects(text, spec, data.binding_swap) (the
-  text's own where there is none); --mode=train with diffusion.binding_weight trains on them and logs the contrast;
-  data without them is refused in one line."""
+  text's own where there is none); --mode=train with diffusion.binding_weight trains on
+  them and logs the contrast; data without them is refused in one line."""
   from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
   from sora_jax.data import encode, shapes_world  # pylint: disable=g-import-not-at-top
   from sora_jax.models import text_encoder  # pylint: disable=g-import-not-at-top

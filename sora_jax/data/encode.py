@@ -340,8 +340,7 @@ def run(cfg, workdir: str) -> None:
           "z_dim": int(cfg.vae.z_dim), "text_len": int(null_emb.shape[1]),
           "text_dim": int(null_emb.shape[2]), "latent_shapes": latent_shapes,
           "bucket_runs": runs, "num_records": num_records,
-          "text_encoder": cfg.text.encoder, "truncated": truncated,
-          "binding_negatives": bool(negatives), "binding_swap": negatives}
+          "text_encoder": cfg.text.encoder, "truncated": truncated, **want}
   (root / INFO).write_text(json.dumps(info))
   stats = latent_statistics(stage, len(chunks(runs["train"])))
   paths.path(paths.latent_stats(workdir)).write_text(json.dumps(stats))
