@@ -211,6 +211,13 @@ def check(cfg, mode: str) -> None:
                       f"binding_margin={d.binding_margin} > 0 and binding_t_min="
                       f"{d.binding_t_min} in [0, 1)")
   _one_of("data.binding_swap", cfg.data.binding_swap, SWAPS)
+  _one_of("diffusion.binding_field", d.binding_field, ("caption", "prompt", "both"))
+  trained = ("caption", "prompt") if cfg.data.caption_field == "both" else (cfg.data.caption_field,)
+  if d.binding_weight > 0 and d.binding_field != "both" and d.binding_field not in trained:
+    raise ConfigError(f"diffusion.binding_field={d.binding_field!r} names a text that "
+                      f"data.caption_field={cfg.data.caption_field!r} never trains with, so the "
+                      f"contrast would never apply; set binding_field to "
+                      f"{cfg.data.caption_field!r} or 'both'")
   if cfg.data.binding_negatives and cfg.data.name != "shapes_world":
     raise ConfigError(f"data.binding_negatives needs ShapesWorld specs (which name the objects), "
                       f"not data.name={cfg.data.name!r}; set data.binding_negatives=False")

@@ -171,6 +171,10 @@ def base_config() -> ml_collections.ConfigDict:
   cfg.diffusion.binding_weight = 0.0
   cfg.diffusion.binding_margin = 0.1  # How much worse (0.1: 10 %) the negative text must predict the clip.
   cfg.diffusion.binding_t_min = 0.5  # Noise levels below this (content already visible) get no contrast.
+  # Whose negatives the contrast uses: "caption", "prompt" or "both" (each sample's negative
+  # is that of the text it trains with). Prompts carry no start positions, so "prompt" leaves
+  # a swap of motions (and, with data.binding_swap='color_shape', sizes) as the only difference.
+  cfg.diffusion.binding_field = "both"
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

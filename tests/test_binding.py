@@ -122,3 +122,48 @@ def test_train_step_adds_the_hinge_of_the_negative_text():
   got = contrast(host)  # random negative states
   assert abs(got["binding_gap"]) > 1e-3 and got["binding_frac"] == 1.0
   np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["binding_loss"], rtol=1e-5)
+
+
+@pytest.mark.parametrize("field", ["caption", "prompt", "both"])
+@pytest.mark.parametrize("use", ["caption", "prompt", "both"])
+def test_choose_negative_takes_the_trained_texts_negative_of_the_fields_in_use(field, use):
+  """Per sample: the negative of the text choose_text picks (same key), valid only where
+  that text's negative is valid and its field is in diffusion.binding_field."""
+  host = benchmark.synthetic_batch(_cfg(0.5), 64, LATENT, TEXT_LEN, seed=5)
+  rng = np.random.default_rng(1)
+  host["prompt_emb"] = rng.standard_normal(host["caption_emb"].shape).astype(np.float32)
+  for _, _, v in encode.NEGATIVE_KEYS.values():
+    host[v] = rng.random(64) < 0.7
+  key = jax.random.PRNGKey(7)
+  emb, _ = train.choose_text(key, host, field)
+  emb, neg_emb, valid = (np.asarray(a) for a in
+                         (emb, *train.choose_negative(key, host, field, use)[::2]))
+  picks = {f: np.all(emb == host[f"{f}_emb"].astype(np.float32), axis=(1, 2))
+           for f in ("caption", "prompt")}
+  if field == "both":  # the key picks both fields somewhere in 64 samples
+    assert picks["caption"].any() and picks["prompt"].any()
+  want = np.zeros(64, bool)
+  for f, (e, _, v) in encode.NEGATIVE_KEYS.items():
+    if field not in ("both", f):
+      continue
+    np.testing.assert_array_equal(neg_emb[picks[f]], host[e][picks[f]].astype(np.float32))
+    want |= picks[f] & host[v] & (use in ("both", f))
+  np.testing.assert_array_equal(valid, want)
+
+
+def test_binding_field_prompt_ignores_the_captions_negatives():
+  """With only the caption's negatives valid, binding_field='prompt' leaves the plain loss,
+  and 'caption' uses them (the negative equal to the text: a gap of 0)."""
+  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
+  (ce, cm, cv), (_, _, pv) = encode.NEGATIVE_KEYS["caption"], encode.NEGATIVE_KEYS["prompt"]
+  host |= {ce: host["caption_emb"], cm: host["caption_mask"], cv: np.ones(BATCH, bool),
+           pv: np.zeros(BATCH, bool)}
+  plain = _trainer(_cfg(0.0))(host)
+  cfg = _cfg(0.5)
+  cfg.diffusion.binding_field = "prompt"
+  got = _trainer(cfg)(host)
+  assert got["binding_frac"] == 0.0 and got["binding_loss"] == 0.0
+  np.testing.assert_allclose(got["loss"], plain["loss"], rtol=1e-6)
+  cfg.diffusion.binding_field = "caption"
+  got = _trainer(cfg)(host)
+  assert got["binding_frac"] > 0.0 and abs(got["binding_gap"]) < 1e-5

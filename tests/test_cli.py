@@ -75,6 +75,7 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
     ("diffusion", "binding_t_min", 1.0, "binding_t_min=1.0 in"),
     ("data", "name", "video_folder", "data.binding_negatives needs ShapesWorld"),
     ("data", "binding_swap", "motion", "data.binding_swap='motion'"),
+    ("diffusion", "binding_field", "prompts", "diffusion.binding_field='prompts'"),
 ])
 def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
   cfg = base_config()
@@ -84,6 +85,17 @@ def test_bad_binding_settings_are_one_clear_line(section, field, value, match, t
   with pytest.raises(config_check.ConfigError, match=match) as e:
     config_check.check(cfg, "train")
   assert "\n" not in str(e.value)
+
+
+def test_a_binding_field_the_run_never_trains_with_is_refused(tmp_path):
+  cfg = base_config()
+  cfg.data.binding_negatives, cfg.data.video_dir = True, str(tmp_path)
+  cfg.diffusion.binding_weight, cfg.diffusion.binding_field = 0.5, "prompt"
+  cfg.data.caption_field = "caption"
+  with pytest.raises(config_check.ConfigError, match="binding_field='prompt' names a text"):
+    config_check.check(cfg, "train")
+  for cfg.data.caption_field in ("prompt", "both"):
+    config_check.check(cfg, "train")
 
 
 def test_help_lists_the_modes_flags_and_override_syntax():

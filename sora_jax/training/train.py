@@ -62,18 +62,20 @@ def _pick_caption(rng, batch: dict):
   return jax.random.bernoulli(rng, 0.5, (batch["caption_emb"].shape[0],))
 
 
-def choose_negative(rng, batch: dict, field: str):
+def choose_negative(rng, batch: dict, field: str, use: str = "both"):
   """(emb_BLD, mask_BL, valid_B) of the binding negatives (encode.NEGATIVE_KEYS) of the text
-  that choose_text(rng, batch, field) picks: the same field per sample."""
+  that choose_text(rng, batch, field) picks: the same field per sample. `use`
+  (diffusion.binding_field) 'caption' or 'prompt': the other field's samples are not valid."""
   neg = {f: tuple(batch[k] for k in keys) for f, keys in encode.NEGATIVE_KEYS.items()}
+  on = {f: use in ("both", f) for f in neg}
   if field != "both":
     e, m, v = neg[field]
-    return e.astype(jnp.float32), m.astype(bool), v.astype(bool)
+    return e.astype(jnp.float32), m.astype(bool), v.astype(bool) & on[field]
   pick_B = _pick_caption(rng, batch)
   (ce, cm, cv), (pe, pm, pv) = neg["caption"], neg["prompt"]
   return (jnp.where(pick_B[:, None, None], ce, pe).astype(jnp.float32),
           jnp.where(pick_B[:, None], cm, pm).astype(bool),
-          jnp.where(pick_B, cv, pv).astype(bool))
+          jnp.where(pick_B, cv.astype(bool) & on["caption"], pv.astype(bool) & on["prompt"]))
 
 
 def batch_keys(cfg) -> tuple[str, ...]:
@@ -152,7 +154,8 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     # The binding contrast runs on video batches only (a single frame shows no motion).
     contrast = cfg.diffusion.binding_weight > 0 and t > 1
     if contrast:
-      neg_emb, neg_mask, neg_valid_B = choose_negative(k_txt, batch, cfg.data.caption_field)
+      neg_emb, neg_mask, neg_valid_B = choose_negative(
+          k_txt, batch, cfg.data.caption_field, cfg.diffusion.binding_field)
     if not cfg.dit.text_mask:  # Attend to every text slot, padding (zeros) too, as Wan does.
       mask = jnp.ones_like(mask)
       if contrast:
