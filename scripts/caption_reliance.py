@@ -12,6 +12,7 @@ each of --steps; writes OUT (default WORKDIR/binding.json).
       [--data_workdir=W_WITH_ENCODED_DATA] [--step=N] [--config.data.data_dir=...]
   python scripts/caption_reliance.py ... --binding --steps=2000,4000,6000
   python scripts/caption_reliance.py ... --binding --cond_frames=1   # frame 0 given (i2v)
+  python scripts/caption_reliance.py ... --binding --split=train     # on clips it trained on
 """
 from absl import app, flags
 from ml_collections import config_flags
@@ -33,13 +34,17 @@ _BINDING = flags.DEFINE_bool("binding", False, "Measure binding (see the module 
 _STEPS = flags.DEFINE_list("steps", [], "With --binding: checkpoint steps (default: the newest).")
 _TEXT = flags.DEFINE_bool("text_states", False, "With --binding: also measure whether the "
                           "frozen text states carry each object's motion in its words.")
+_SPLIT = flags.DEFINE_enum("split", "validation", ["validation", "train"], "With --binding: "
+                           "the encoded split whose clips are probed ('train': clips it trained "
+                           "on, which tells a learned binding from a memorised one).")
 _COND = flags.DEFINE_integer("cond_frames", 0, "With --binding: give the first N latent frames "
                              "clean, as image-to-video trains them, and score the rest.")
 
 
 def binding_main():
   cfg, workdir = _CONFIG.value, _WORKDIR.value
-  batch = caption_reliance.binding_batch(cfg, _DATA.value or workdir, _NUM.value)
+  batch = caption_reliance.binding_batch(cfg, _DATA.value or workdir, _NUM.value,
+                                         split=_SPLIT.value)
   rows = []
   for step in _STEPS.value or [_STEP.value]:
     r = caption_reliance.binding_for_workdir(cfg, workdir, use_ema=_EMA.value, batch=batch,
@@ -49,7 +54,7 @@ def binding_main():
     for t, row in r["by_t"].items():
       print(f"step {r['step']} t={t:>5}: " + "  ".join(
           f"{k} {v['ratio']:.3f}±{v['se']:.3f}" for k, v in row.items() if isinstance(v, dict)))
-  record = {"num_clips": len(batch["x0"]), "rows": rows}
+  record = {"num_clips": len(batch["x0"]), "split": _SPLIT.value, "rows": rows}
   if _TEXT.value:
     record["text_states"] = caption_reliance.text_state_binding(
         text_lib.load_text_encoder(cfg))

@@ -141,6 +141,22 @@ def test_caption_reliance_sees_whether_the_caption_is_used(workdir):
   np.testing.assert_allclose(got, np.mean(np.square(x_t - 0.9 * v - x0)), rtol=1e-4)
 
 
+def test_binding_probe_on_the_train_split_takes_clips_the_dit_trained_on(workdir):
+  """split='train' probes two-object training clips: each caption is one that
+  shapes_world renders from a training record's seed, and none is a validation clip's."""
+  from sora_jax.data import shapes_world, tfds_shapes
+  from sora_jax.eval import caption_reliance
+  cfg = tiny_config()
+  train = caption_reliance.binding_batch(cfg, workdir, 8, split="train")
+  val = caption_reliance.binding_batch(cfg, workdir, 8)
+  rendered = {shapes_world.generate_clip(tfds_shapes.clip_seed(cfg.data.seed, "train", i), 9, 16,
+                                         16, cfg.data.two_object_fraction)["caption"]
+              for i in range(cfg.data.num_train)}
+  assert len(train["x0"]) >= 2 and train["x0"].shape[1:] == val["x0"].shape[1:]
+  assert set(train["texts"]["caption"]) <= rendered
+  assert not set(train["texts"]["caption"]) & set(val["texts"]["caption"])
+
+
 def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
   import flax.linen as nn
   import jax

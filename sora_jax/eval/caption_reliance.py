@@ -102,18 +102,19 @@ def for_workdir(cfg, workdir: str, data_workdir: str | None = None, num_clips: i
 BINDING_TS = (0.5, 0.7, 0.8, 0.9, 0.95)
 
 
-def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
-  """The first `num_clips` two-object video clips of the encoded validation split and the
-  texts the binding probe conditions them on, encoded by the config's text encoder (or
-  `text`): from `shapes_world.bound_prompts`, 'right' (the clip's prompt), one prompt per
-  attribute of BINDING_ATTRIBUTES with that attribute bound to the other object (the right
-  prompt where both objects share it) and 'motion_other'; 'caption' (the clip's caption)
-  and 'caption_objects' (the same, objects' names exchanged: swap_caption_objects).
+def binding_batch(cfg, workdir: str, num_clips: int, text=None, split: str = "validation") -> dict:
+  """The first `num_clips` two-object video clips of the encoded `split` ('train': clips the
+  DiT trained on, to tell a learned binding from a memorised one) and the texts the
+  binding probe conditions them on, encoded by the config's text encoder (or `text`):
+  from `shapes_world.bound_prompts`, 'right' (the clip's prompt), one prompt per attribute
+  of BINDING_ATTRIBUTES with that attribute bound to the other object (the right prompt
+  where both objects share it) and 'motion_other'; 'caption' (the clip's caption) and
+  'caption_objects' (the same, objects' names exchanged: swap_caption_objects).
 
   Returns {'x0': normalised latent means, 'texts', 'emb', 'mask': {name: per clip},
   'valid': {attr: bool per clip, the objects differ in attr}, 'shuffled': the clip whose
   right prompt serves as each clip's other-clip prompt}."""
-  source, _ = encode.data_source(cfg, workdir, "validation")
+  source, _ = encode.data_source(cfg, workdir, split)
   recs, specs = [], []
   for i in range(len(source)):
     r = source[i]
@@ -124,8 +125,9 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None) -> dict:
     if len(recs) == num_clips:
       break
   if len(recs) < 2:
-    raise ValueError(f"the encoded validation split of {workdir} has {len(recs)} two-object "
-                     "video clips; the binding measure needs at least 2 (raise data.num_val)")
+    raise ValueError(f"the encoded {split} split of {workdir} has {len(recs)} two-object "
+                     "video clips; the binding measure needs at least 2 (raise data.num_val, or "
+                     "data.num_train for the train split)")
   names = ("right", "motion_other") + shapes_world.BINDING_ATTRIBUTES + ("caption", "caption_objects")
   texts = {k: [] for k in names}
   valid = {k: [] for k in shapes_world.BINDING_ATTRIBUTES}
