@@ -172,6 +172,7 @@ def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
       size=params["proj_out"]["kernel"].shape).astype(np.float32)
   live = caption_reliance.measure_binding(cfg, params, batch, ts=(0.9,), noise_draws=1)["0.9"]
   assert abs(live["shuffled"]["ratio"] - 1.0) > 1e-3
+  assert live["order"]["clips"] == live["motion_other"]["clips"] == n  # every clip has both
   # The colour row against the x0 errors of a direct forward pass on the same noisy latents
   # (noise_draws=1: the first draw of default_rng(0)), over the clips whose colours differ.
   v = batch["valid"]["color"]

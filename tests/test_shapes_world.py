@@ -168,7 +168,9 @@ def test_bound_prompts_move_one_attribute_to_the_other_object():
     bound = sw.bound_prompts(spec, seed)
     assert bound["right"][1] == spec
     o0, o1 = spec["objects"]
-    assert set(bound) - {"right", "motion_other"} == {a for a in sw.BINDING_ATTRIBUTES if o0[a] != o1[a]}
+    assert set(bound) - {"right", "motion_other", "order"} == {
+        a for a in sw.BINDING_ATTRIBUTES if o0[a] != o1[a]}
+    assert bound["order"][1]["objects"] == [o1, o0]
     for name, (prompt, want) in bound.items():
       seen.add(name)
       parsed = sw.parse_prompt(prompt)["objects"]
@@ -183,7 +185,7 @@ def test_bound_prompts_move_one_attribute_to_the_other_object():
           bound["right"][0].replace(",", " ").split()), (name, prompt)
     if "motion" in bound and o0["motion"] != "still" and o1["motion"] != "still":
       assert bound["motion"][1]["objects"][0]["motion"] == o1["motion"]
-  assert seen == {"right", "motion_other", *sw.BINDING_ATTRIBUTES}
+  assert seen == {"right", "motion_other", "order", *sw.BINDING_ATTRIBUTES}
   with pytest.raises(ValueError, match="two-object"):
     sw.bound_prompts(sw.generate_clip(0, 17, 32, 32, two_object_fraction=0.0)["spec"], 0)
 

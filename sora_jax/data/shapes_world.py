@@ -301,8 +301,10 @@ BINDING_ATTRIBUTES = ("color", "shape", "size", "motion")
 def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
   """A video prompt of a two-object `spec` and the same prompt with one attribute's words
   exchanged between its two objects: {'right': (prompt, spec), attr: (prompt, swapped
-  spec)} for each attr of BINDING_ATTRIBUTES whose values the two objects differ in, and
-  'motion_other': both objects' motions replaced by two moving ones neither has.
+  spec)} for each attr of BINDING_ATTRIBUTES whose values the two objects differ in,
+  'motion_other': both objects' motions replaced by two moving ones neither has, and
+  'order': the two objects' phrases, each still right, named in the other order (prompts
+  name objects in drawing order, the later one on top; its spec lists them so).
 
   The swapped prompts hold the very same words as the right one, only bound to the other
   object ("a red circle moving left and a blue square falling" -> "a blue circle moving
@@ -335,6 +337,7 @@ def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
   others = [{k: v for k, v in o.items() if k != "position"} | {"motion": str(m)}
             for o, m in zip(objects, replaced)]
   out["motion_other"] = (text(ps), {**spec, "objects": others})
+  out["order"] = (text(parts[::-1]), {**spec, "objects": objects[::-1]})
   for attr in BINDING_ATTRIBUTES:
     if objects[0][attr] == objects[1][attr]:
       continue

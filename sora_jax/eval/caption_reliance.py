@@ -108,8 +108,8 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None, split: str = "va
   binding probe conditions them on, encoded by the config's text encoder (or `text`):
   from `shapes_world.bound_prompts`, 'right' (the clip's prompt), one prompt per attribute
   of BINDING_ATTRIBUTES with that attribute bound to the other object (the right prompt
-  where both objects share it) and 'motion_other'; 'caption' (the clip's caption) and
-  'caption_objects' (the same, objects' names exchanged: swap_caption_objects).
+  where both objects share it), 'motion_other' and 'order'; 'caption' (the clip's caption)
+  and 'caption_objects' (the same, objects' names exchanged: swap_caption_objects).
 
   Returns {'x0': normalised latent means, 'texts', 'emb', 'mask': {name: per clip},
   'valid': {attr: bool per clip, the objects differ in attr}, 'shuffled': the clip whose
@@ -128,12 +128,13 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None, split: str = "va
     raise ValueError(f"the encoded {split} split of {workdir} has {len(recs)} two-object "
                      "video clips; the binding measure needs at least 2 (raise data.num_val, or "
                      "data.num_train for the train split)")
-  names = ("right", "motion_other") + shapes_world.BINDING_ATTRIBUTES + ("caption", "caption_objects")
+  names = (("right", "motion_other", "order") + shapes_world.BINDING_ATTRIBUTES
+           + ("caption", "caption_objects"))
   texts = {k: [] for k in names}
   valid = {k: [] for k in shapes_world.BINDING_ATTRIBUTES}
   for (i, spec), r in zip(specs, recs):
     bound = shapes_world.bound_prompts(spec, seed=i)
-    for k in ("right", "motion_other") + shapes_world.BINDING_ATTRIBUTES:
+    for k in ("right", "motion_other", "order") + shapes_world.BINDING_ATTRIBUTES:
       texts[k].append(bound.get(k, bound["right"])[0])
     for k in valid:
       valid[k].append(k in bound)
@@ -156,9 +157,10 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   """{str(t): {name: {'ratio', 'se', 'clips'}}}: per noise level, the x0 error with a
   prompt whose `name` attribute is bound to the other object (or another clip's prompt,
   'shuffled'; 'motion_other': both motions replaced by others, whether motion words are
-  used at all) over the error with the right prompt ('caption_objects': over the error
-  with the clip's own caption), on the clips where they differ, the
-  same noisy latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
+  used at all; 'order': the objects named in the other order, whether mention order is
+  read as drawing order) over the error with the right prompt ('caption_objects': over the
+  error with the clip's own caption), on the clips where they differ, the same noisy
+  latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
   which object the words belong to; 'se' is the standard error of the ratio over clips.
 
   `cond_frames` = k > 0 gives the first k latent frames clean (t = 0), as image-to-video
@@ -178,8 +180,9 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   conds["shuffled"] = (batch["emb"]["right"][sh], batch["mask"]["right"][sh])
   everywhere = np.ones(n, bool)
   valid = dict(batch["valid"], shuffled=everywhere)
-  if "motion_other" in conds:
-    valid["motion_other"] = everywhere
+  for k in ("motion_other", "order"):
+    if k in conds:
+      valid[k] = everywhere
   baseline = {k: "right" for k in valid}
   if "caption_objects" in conds:
     valid["caption_objects"], baseline["caption_objects"] = everywhere, "caption"
