@@ -20,6 +20,7 @@ DTYPES = ("float32", "bfloat16")
 COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
 LORA_TARGETS = ("q", "k", "v", "o", "ffn")
 COMPILE_PROGRAMS = ("train", "sample")
+TEXT_FIELDS = ("caption", "prompt", "both")  # data.caption_field, diffusion.binding_field
 # sample.* fields that hold for a whole --mode=sample run: a jobs-file line may not set them.
 RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 
@@ -164,7 +165,7 @@ def check(cfg, mode: str) -> None:
     raise ConfigError("data.name='video_folder' needs data.video_dir=FOLDER of videos + captions")
   if cfg.data.video_dir and not paths.path(cfg.data.video_dir).is_dir():
     raise ConfigError(f"data.video_dir={cfg.data.video_dir!r} is not a folder")
-  _one_of("data.caption_field", cfg.data.caption_field, ("caption", "prompt", "both"))
+  _one_of("data.caption_field", cfg.data.caption_field, TEXT_FIELDS)
   if cfg.data.batch_size < 1:
     raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
   if len(cfg.vae.temporal_downsample) != len(cfg.vae.dim_mult) - 1:
@@ -211,9 +212,9 @@ def check(cfg, mode: str) -> None:
                       f"binding_margin={d.binding_margin} > 0 and binding_t_min="
                       f"{d.binding_t_min} in [0, 1)")
   _one_of("data.binding_swap", cfg.data.binding_swap, SWAPS)
-  _one_of("diffusion.binding_field", d.binding_field, ("caption", "prompt", "both"))
-  trained = ("caption", "prompt") if cfg.data.caption_field == "both" else (cfg.data.caption_field,)
-  if d.binding_weight > 0 and d.binding_field != "both" and d.binding_field not in trained:
+  _one_of("diffusion.binding_field", d.binding_field, TEXT_FIELDS)
+  if (d.binding_weight > 0 and "both" not in (d.binding_field, cfg.data.caption_field)
+      and d.binding_field != cfg.data.caption_field):
     raise ConfigError(f"diffusion.binding_field={d.binding_field!r} names a text that "
                       f"data.caption_field={cfg.data.caption_field!r} never trains with, so the "
                       f"contrast would never apply; set binding_field to "

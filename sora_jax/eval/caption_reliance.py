@@ -128,13 +128,13 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None, split: str = "va
     raise ValueError(f"the encoded {split} split of {workdir} has {len(recs)} two-object "
                      "video clips; the binding measure needs at least 2 (raise data.num_val, or "
                      "data.num_train for the train split)")
-  names = (("right", "motion_other", "order") + shapes_world.BINDING_ATTRIBUTES
-           + ("caption", "caption_objects"))
+  prompts = ("right", "motion_other", "order") + shapes_world.BINDING_ATTRIBUTES
+  names = prompts + ("caption", "caption_objects")
   texts = {k: [] for k in names}
   valid = {k: [] for k in shapes_world.BINDING_ATTRIBUTES}
   for (i, spec), r in zip(specs, recs):
     bound = shapes_world.bound_prompts(spec, seed=i)
-    for k in ("right", "motion_other", "order") + shapes_world.BINDING_ATTRIBUTES:
+    for k in prompts:
       texts[k].append(bound.get(k, bound["right"])[0])
     for k in valid:
       valid[k].append(k in bound)
