@@ -219,6 +219,12 @@ def check(cfg, mode: str) -> None:
                       f"data.caption_field={cfg.data.caption_field!r} never trains with, so the "
                       f"contrast would never apply; set binding_field to "
                       f"{cfg.data.caption_field!r} or 'both'")
+  if (d.binding_weight > 0 and cfg.data.binding_swap == "motion"
+      and "caption" in (d.binding_field, cfg.data.caption_field)):
+    raise ConfigError(f"data.binding_swap='motion' makes negatives of prompts only (a caption "
+                      f"words motion with start positions), so diffusion.binding_field="
+                      f"{d.binding_field!r} with data.caption_field={cfg.data.caption_field!r} "
+                      f"would never apply the contrast; set both to 'prompt' or 'both'")
   if cfg.data.binding_negatives and cfg.data.name != "shapes_world":
     raise ConfigError(f"data.binding_negatives needs ShapesWorld specs (which name the objects), "
                       f"not data.name={cfg.data.name!r}; set data.binding_negatives=False")

@@ -46,8 +46,10 @@ def base_config() -> ml_collections.ConfigDict:
   # two objects' names exchanged (shapes_world.swap_subjects): the negatives that
   # diffusion.binding_weight trains against. ShapesWorld only (its specs name the objects).
   cfg.data.binding_negatives = False
-  # What the negatives exchange: 'color_shape' (size, motion and position change hands) or
-  # 'object' (the size word too: only motion and position change hands).
+  # What the negatives exchange: 'color_shape' (size, motion and position change hands),
+  # 'object' (the size word too: only motion and position change hands) or 'motion' (only
+  # the motion phrases of a prompt whose two objects both move; names, sizes and order of
+  # mention stay; captions get none).
   cfg.data.binding_swap = "color_shape"
 
   # ---------------------------------------------------------------- video VAE

@@ -74,7 +74,7 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
     ("diffusion", "binding_margin", 0.0, "binding_margin=0.0 > 0"),
     ("diffusion", "binding_t_min", 1.0, "binding_t_min=1.0 in"),
     ("data", "name", "video_folder", "data.binding_negatives needs ShapesWorld"),
-    ("data", "binding_swap", "motion", "data.binding_swap='motion'"),
+    ("data", "binding_swap", "size", "data.binding_swap='size'"),
     ("diffusion", "binding_field", "prompts", "diffusion.binding_field='prompts'"),
 ])
 def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
@@ -96,6 +96,24 @@ def test_a_binding_field_the_run_never_trains_with_is_refused(tmp_path):
     config_check.check(cfg, "train")
   for cfg.data.caption_field in ("prompt", "both"):
     config_check.check(cfg, "train")
+
+
+def test_motion_negatives_with_a_caption_contrast_are_refused(tmp_path):
+  """data.binding_swap='motion' makes no caption negatives: a contrast that would read one
+  is refused; one over prompts passes."""
+  cfg = base_config()
+  cfg.data.binding_negatives, cfg.data.video_dir = True, str(tmp_path)
+  cfg.data.binding_swap, cfg.diffusion.binding_weight = "motion", 0.5
+  for field, caption_field in (("both", "both"), ("prompt", "both"), ("prompt", "prompt"),
+                               ("both", "prompt")):
+    cfg.diffusion.binding_field, cfg.data.caption_field = field, caption_field
+    config_check.check(cfg, "train")
+  for field, caption_field in (("caption", "caption"), ("both", "caption"), ("caption", "both")):
+    cfg.diffusion.binding_field, cfg.data.caption_field = field, caption_field
+    with pytest.raises(config_check.ConfigError, match="binding_swap='motion' makes negatives"):
+      config_check.check(cfg, "train")
+  cfg.diffusion.binding_weight = 0.0  # no contrast: nothing to refuse
+  config_check.check(cfg, "train")
 
 
 def test_help_lists_the_modes_flags_and_override_syntax():

@@ -376,7 +376,35 @@ def swap_caption_objects(caption: str, spec: dict) -> str:
 
 
 # What swap_subjects exchanges between a text's two objects (data.binding_swap).
-SWAPS = ("color_shape", "object")
+SWAPS = ("color_shape", "object", "motion")
+
+
+def _motion_pattern(motion: str) -> str:
+  """A regex of every phrase _motion_phrase writes for `motion` (participle or finite),
+  longest first so that "falling down" is read whole."""
+  if motion in _MOTION_WORDS:
+    phrases = [w for forms in _MOTION_WORDS[motion] for w in forms]
+  else:
+    phrases = [f"{verb} {d}" for forms in _VERBS for verb in forms for d in _DIRECTION_WORDS[motion]]
+    phrases += ["rises", "rising"] if motion == "up" else []
+  return "|".join(re.escape(p) for p in sorted(set(phrases), key=len, reverse=True))
+
+
+def _swap_motions(text: str, objects: list[dict], names: list[str]) -> str | None:
+  """swap_subjects(..., 'motion'): each object's motion phrase, right after its name (and
+  an optional "that "), given to the other object; None where either object is still or a
+  phrase is not found (a caption words motion with start positions: no phrase follows the
+  name)."""
+  if any(o["motion"] == "still" for o in objects) or objects[0]["motion"] == objects[1]["motion"]:
+    return None
+  spans = []
+  for o, n in zip(objects, names):
+    m = list(re.finditer(rf"\b{re.escape(n)} (?:that )?(?P<m>{_motion_pattern(o['motion'])})\b", text))
+    if len(m) != 1:
+      return None
+    spans.append(m[0].span("m"))
+  (a0, a1), (b0, b1) = sorted(spans)
+  return text[:a0] + text[b0:b1] + text[a1:b0] + text[a0:a1] + text[b1:]
 
 
 def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | None:
@@ -389,8 +417,13 @@ def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | Non
   ("a small red circle falling and a large blue square moving left" -> "a small blue
   square falling and a large red circle moving left"). swap='object' takes the size word
   in front along ("small red circle" <-> "large blue square"): only motion and position
-  change hands. The training negative of diffusion.binding_weight: the very words of the
-  right text, bound to the wrong objects."""
+  change hands. swap='motion' leaves every name where it was and exchanges only the two
+  motion phrases of a prompt in which both objects move, differently ("a small red circle
+  falling and a large blue square moving left" -> "a small red circle moving left and a
+  large blue square falling"): names, sizes, order of mention and (moving objects have
+  none) positions stay, as in bound_prompts(...)['motion']; a caption gives None. The
+  training negative of diffusion.binding_weight: the very words of the right text, bound
+  to the wrong objects."""
   if swap not in SWAPS:
     raise ValueError(f"swap={swap!r} is not one of {SWAPS}")
   objects = spec.get("objects", [])
@@ -400,6 +433,8 @@ def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | Non
   names = [f"{o['color']} {o['shape']}" for o in objects]
   if names[0] == names[1]:
     return None
+  if swap == "motion":
+    return _swap_motions(text, objects, names)
   moved = ("motion", "position") if with_size else ("size", "motion", "position")
   if all(objects[0].get(k) == objects[1].get(k) for k in moved):
     return None
