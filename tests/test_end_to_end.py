@@ -160,6 +160,7 @@ def test_binding_probe_on_the_train_split_takes_clips_the_dit_trained_on(workdir
 def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
   import flax.linen as nn
   import jax
+  from sora_jax.data import shapes_world as sw
   from sora_jax.eval import caption_reliance
   from sora_jax.models import dit as dit_lib
   cfg = tiny_config()
@@ -185,6 +186,20 @@ def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
   np.testing.assert_allclose(live["color"]["ratio"], err["color"].mean() / err["right"].mean(),
                              rtol=1e-4)
   assert live["color"]["clips"] == int(v.sum())
+  # 'motion_moving': the 'motion' prompts, scored on the clips whose right prompt the parser
+  # reads as two objects that move, differently; here on a subset set by hand (the fixture
+  # has too few such clips), against a direct forward pass.
+  parsed = [[o.get("motion") for o in sw.parse_prompt(p)["objects"]] for p in batch["texts"]["right"]]
+  moving = np.array([m[0] != m[1] and "still" not in m for m in parsed])
+  np.testing.assert_array_equal(batch["valid"]["motion_moving"], moving)
+  subset = np.arange(n) >= n - 2
+  sub = caption_reliance.measure_binding(cfg, params, dict(batch, valid=dict(
+      batch["valid"], motion_moving=subset)), ts=(0.9,), noise_draws=1)["0.9"]["motion_moving"]
+  err = {k: np.square(np.asarray(dit.apply({"params": params}, x_t, np.full((n,), 0.9, np.float32),
+                                           batch["emb"][k], batch["mask"][k])) - batch["x0"])
+         .reshape(n, -1).mean(1)[subset] for k in ("right", "motion")}
+  np.testing.assert_allclose(sub["ratio"], err["motion"].mean() / err["right"].mean(), rtol=1e-4)
+  assert sub["clips"] == 2
   # cond_frames=1: frame 0 given clean at t = 0 (as image-to-video trains), the rest scored.
   frames = batch["x0"].shape[1]
   assert frames >= 2
