@@ -164,10 +164,11 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   prompt whose `name` attribute is bound to the other object (or another clip's prompt,
   'shuffled'; 'motion_other': both motions replaced by others, whether motion words are
   used at all; 'order': the objects named in the other order, whether mention order is
-  read as drawing order; 'motion_moving': the motion row where both objects move) over the error with the right prompt ('caption_objects': over the
-  error with the clip's own caption), on the clips where they differ, the same noisy
-  latents for both (`noise_draws` draws a clip). 1.0: the DiT does not tell
-  which object the words belong to; 'se' is the standard error of the ratio over clips.
+  read as drawing order; 'motion_moving': the motion row where both objects move) over
+  the error with the right prompt ('caption_objects': over the error with the clip's own
+  caption), on the clips where they differ, the same noisy latents for both (`noise_draws`
+  draws a clip). 1.0: the DiT does not tell which object the words belong to; 'se' is the
+  standard error of the ratio over clips.
 
   `cond_frames` = k > 0 gives the first k latent frames clean (t = 0), as image-to-video
   trains them (diffusion.cond_masks), and scores the other frames: there both objects are
