@@ -421,9 +421,9 @@ def swap_subjects(text: str, spec: dict, swap: str = "color_shape") -> str | Non
   motion phrases of a prompt in which both objects move, differently ("a small red circle
   falling and a large blue square moving left" -> "a small red circle moving left and a
   large blue square falling"): names, sizes, order of mention and (moving objects have
-  none) positions stay, as in bound_prompts(...)['motion']; a caption gives None. The
-  training negative of diffusion.binding_weight: the very words of the right text, bound
-  to the wrong objects."""
+  none) positions stay, as in bound_prompts(...)['motion'] where both move; a caption
+  gives None. The training negative of diffusion.binding_weight: the very words of the
+  right text, bound to the wrong objects."""
   if swap not in SWAPS:
     raise ValueError(f"swap={swap!r} is not one of {SWAPS}")
   objects = spec.get("objects", [])
