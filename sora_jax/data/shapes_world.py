@@ -232,6 +232,7 @@ _DIRECTION_WORDS = {
 }
 _VERBS = (("moving", "moves"), ("sliding", "slides"), ("travelling", "travels"),
           ("traveling", "travels"), ("drifting", "drifts"), ("gliding", "glides"))
+_RISE = ("rising", "rises")  # (participle, finite): "up" said without a direction word
 _MOTION_WORDS = {  # (participle phrases, finite phrases)
     "bouncing": (("bouncing", "bouncing around", "bouncing off the walls", "bouncing around the frame"),
                  ("bounces", "bounces around", "bounces off the walls")),
@@ -260,7 +261,7 @@ def _motion_phrase(rng, motion: str, finite: bool) -> str:
   if motion in _MOTION_WORDS:
     return _pick(rng, _MOTION_WORDS[motion][finite])
   if motion == "up" and rng.random() < 0.2:
-    return "rises" if finite else "rising"
+    return _RISE[finite]
   verb = _pick(rng, _VERBS)[finite]
   return f"{verb} {_pick(rng, _DIRECTION_WORDS[motion])}"
 
@@ -386,7 +387,7 @@ def _motion_pattern(motion: str) -> str:
     phrases = [w for forms in _MOTION_WORDS[motion] for w in forms]
   else:
     phrases = [f"{verb} {d}" for forms in _VERBS for verb in forms for d in _DIRECTION_WORDS[motion]]
-    phrases += ["rises", "rising"] if motion == "up" else []
+    phrases += list(_RISE) if motion == "up" else []
   return "|".join(re.escape(p) for p in sorted(set(phrases), key=len, reverse=True))
 
 
