@@ -180,9 +180,11 @@ def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
   eps = np.random.default_rng(0).standard_normal(batch["x0"].shape).astype(np.float32)
   x_t = 0.1 * batch["x0"] + 0.9 * eps
   dit = dit_lib.dit_from_config(cfg)
-  err = {k: np.square(np.asarray(dit.apply({"params": params}, x_t, np.full((n,), 0.9, np.float32),
-                                           batch["emb"][k], batch["mask"][k])) - batch["x0"])
-         .reshape(n, -1).mean(1)[v] for k in ("right", "color")}
+  clip_err = {k: np.square(np.asarray(dit.apply({"params": params}, x_t,
+                                                np.full((n,), 0.9, np.float32), batch["emb"][k],
+                                                batch["mask"][k])) - batch["x0"])
+              .reshape(n, -1).mean(1) for k in ("right", "color", "motion")}
+  err = {k: clip_err[k][v] for k in ("right", "color")}
   np.testing.assert_allclose(live["color"]["ratio"], err["color"].mean() / err["right"].mean(),
                              rtol=1e-4)
   assert live["color"]["clips"] == int(v.sum())
@@ -195,9 +197,7 @@ def test_binding_probe_sees_whether_words_are_bound_to_their_object(workdir):
   subset = np.arange(n) >= n - 2
   sub = caption_reliance.measure_binding(cfg, params, dict(batch, valid=dict(
       batch["valid"], motion_moving=subset)), ts=(0.9,), noise_draws=1)["0.9"]["motion_moving"]
-  err = {k: np.square(np.asarray(dit.apply({"params": params}, x_t, np.full((n,), 0.9, np.float32),
-                                           batch["emb"][k], batch["mask"][k])) - batch["x0"])
-         .reshape(n, -1).mean(1)[subset] for k in ("right", "motion")}
+  err = {k: clip_err[k][subset] for k in ("right", "motion")}
   np.testing.assert_allclose(sub["ratio"], err["motion"].mean() / err["right"].mean(), rtol=1e-4)
   assert sub["clips"] == 2
   # cond_frames=1: frame 0 given clean at t = 0 (as image-to-video trains), the rest scored.
