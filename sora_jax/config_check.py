@@ -21,6 +21,7 @@ COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
 LORA_TARGETS = ("q", "k", "v", "o", "ffn")
 COMPILE_PROGRAMS = ("train", "sample")
 TEXT_FIELDS = ("caption", "prompt", "both")  # data.caption_field, diffusion.binding_field
+BINDING_GRADS = ("all", "text", "cross_attn")  # diffusion.binding_grad
 # sample.* fields that hold for a whole --mode=sample run: a jobs-file line may not set them.
 RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 
@@ -213,6 +214,11 @@ def check(cfg, mode: str) -> None:
                       f"{d.binding_t_min} in [0, 1)")
   _one_of("data.binding_swap", cfg.data.binding_swap, SWAPS)
   _one_of("diffusion.binding_field", d.binding_field, TEXT_FIELDS)
+  _one_of("diffusion.binding_grad", d.binding_grad, BINDING_GRADS)
+  if d.binding_grad == "cross_attn" and cfg.dit.joint_attention:
+    raise ConfigError("diffusion.binding_grad='cross_attn' names the cross-attention, which "
+                      "dit.joint_attention's blocks do not have (one attention over video and "
+                      "text); use binding_grad='text' (the text stream) or 'all'")
   if (d.binding_weight > 0 and "both" not in (d.binding_field, cfg.data.caption_field)
       and d.binding_field != cfg.data.caption_field):
     raise ConfigError(f"diffusion.binding_field={d.binding_field!r} names a text that "

@@ -177,6 +177,13 @@ def base_config() -> ml_collections.ConfigDict:
   # is that of the text it trains with). Prompts carry no start positions, so "prompt" leaves
   # a swap of motions (and, with data.binding_swap='color_shape', sizes) as the only difference.
   cfg.diffusion.binding_field = "both"
+  # Which DiT parameters the contrast trains: "all"; "text" (those acting on the text tokens
+  # only: text embedders, refiner, cross-attention keys/values; dit.acts_on_text_only) or
+  # "cross_attn" (also the cross-attention's query, output and input norm). Outside "all",
+  # the hinge's gradient reaches that group alone, and the text's own error is a constant
+  # of it (only the negative text's error is pushed up), so the video path and its Adam
+  # statistics see the denoising loss only.
+  cfg.diffusion.binding_grad = "all"
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

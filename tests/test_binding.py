@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from sora_jax.config_defaults import base_config
@@ -118,8 +119,9 @@ def _cfg(weight):
 
 
 def _trainer(cfg):
-  """(trainer, run(host batch) -> the step's metrics from the same random, nonzero weights:
-  the DiT's zero-initialised output layers would make every text predict alike)."""
+  """(trainer, run(host batch) -> the step's metrics (grads=True: and (1 - b1) * its
+  gradient) from the same random, nonzero weights: the DiT's zero-initialised output
+  layers would make every text predict alike)."""
   stats = (np.zeros(LATENT[-1], np.float32), np.ones(LATENT[-1], np.float32))
   null = (np.zeros((TEXT_LEN, cfg.text.dim), np.float32), np.eye(1, TEXT_LEN, dtype=bool)[0])
   trainer = train.Trainer(cfg, stats, null, (BATCH, *LATENT), TEXT_LEN)
@@ -127,10 +129,13 @@ def _trainer(cfg):
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: (x + 0.2 * rng.standard_normal(x.shape)).astype(x.dtype), params)
 
-  def run(host):
+  def run(host, grads=False):
     state = trainer.init_state()
     state["params"] = jax.device_put(params, trainer.state_sharding["params"])
-    return jax.device_get(trainer.step(state, trainer.to_device(host))[1])
+    state, metrics = trainer.step(state, trainer.to_device(host))
+    # Adam's first moment after one step is (1 - b1) * the gradient.
+    return jax.device_get((metrics, optax.tree_utils.tree_get(state["opt"], "mu"))
+                          if grads else metrics)
   return run
 
 
@@ -200,3 +205,42 @@ def test_binding_field_prompt_ignores_the_captions_negatives():
   cfg.diffusion.binding_field = "caption"
   got = _trainer(cfg)(host)
   assert got["binding_frac"] > 0.0 and abs(got["binding_gap"]) < 1e-5
+
+
+@pytest.mark.parametrize("group", ["text", "cross_attn"])
+def test_binding_grad_keeps_the_contrast_off_every_other_parameter(group):
+  """diffusion.binding_grad: every parameter outside the group gets the gradient of the
+  step without the contrast, the group's get another, and the loss is still the plain
+  loss + weight * hinge; with 'all' the video path's gradient changes too."""
+  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
+  rng = np.random.default_rng(2)
+  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():  # near the text: the hinge is active
+    emb = host[f"{field}_emb"]
+    host |= {e: (emb + 0.1 * rng.standard_normal(emb.shape)).astype(emb.dtype),
+             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+
+  def step(weight, grad="all"):
+    cfg = _cfg(weight)
+    cfg.train.grad_clip, cfg.diffusion.binding_grad = 0.0, grad
+    metrics, g = _trainer(cfg)(host, grads=True)
+    names = lambda p: "/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
+    return metrics, {names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(g)}
+
+  (plain, want), (got, grads), (_, every) = step(0.0), step(0.5, group), step(0.5, "all")
+  assert got["binding_frac"] == 1.0 and got["binding_loss"] > 0
+  np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["binding_loss"], rtol=1e-5)
+  # The group, written out by hand for this (Wan-block, scanned) DiT.
+  inside = ("blocks/attn2/to_k/", "blocks/attn2/to_v/", "blocks/attn2/norm_k/",
+            "condition_embedder/text_embedder/", "condition_embedder/pooled_text_embedder/")
+  if group == "cross_attn":
+    inside += ("blocks/attn2/", "blocks/norm2/")
+  moved = 0
+  for name, g in grads.items():
+    if name.startswith(inside):
+      assert np.abs(g - want[name]).max() > 1e-6 * np.abs(want[name]).max(), name
+      moved += 1
+    else:
+      np.testing.assert_array_equal(g, want[name], err_msg=name)
+  assert moved == (9 if group == "text" else 16) + 4 * bool(_cfg(0).dit.pooled_text), moved
+  fc1 = "blocks/ffn/fc1/kernel"
+  assert np.abs(every[fc1] - want[fc1]).max() > 1e-3 * np.abs(want[fc1]).max()

@@ -76,6 +76,7 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
     ("data", "name", "video_folder", "data.binding_negatives needs ShapesWorld"),
     ("data", "binding_swap", "size", "data.binding_swap='size'"),
     ("diffusion", "binding_field", "prompts", "diffusion.binding_field='prompts'"),
+    ("diffusion", "binding_grad", "video", "diffusion.binding_grad='video'"),
 ])
 def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
   cfg = base_config()
@@ -96,6 +97,22 @@ def test_a_binding_field_the_run_never_trains_with_is_refused(tmp_path):
     config_check.check(cfg, "train")
   for cfg.data.caption_field in ("prompt", "both"):
     config_check.check(cfg, "train")
+
+
+def test_a_cross_attention_contrast_on_joint_blocks_is_refused(tmp_path):
+  """Joint (MMDiT) blocks have no cross-attention: binding_grad='cross_attn' is refused
+  with the way out; 'text' (their text stream) passes, as 'cross_attn' on Wan blocks."""
+  cfg = base_config()
+  cfg.data.binding_negatives, cfg.data.video_dir = True, str(tmp_path)
+  cfg.diffusion.binding_weight, cfg.diffusion.binding_grad = 0.5, "cross_attn"
+  config_check.check(cfg, "train")
+  cfg.dit.joint_attention = True
+  with pytest.raises(config_check.ConfigError, match="cross_attn' names the cross-attention.*"
+                     "use binding_grad='text'") as e:
+    config_check.check(cfg, "train")
+  assert "\n" not in str(e.value)
+  cfg.diffusion.binding_grad = "text"
+  config_check.check(cfg, "train")
 
 
 def test_motion_negatives_with_a_caption_contrast_are_refused(tmp_path):

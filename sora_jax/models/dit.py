@@ -651,6 +651,31 @@ def init_text_refiner(cfg, seed: int = 0) -> dict:
   return nn.unbox(refiner.init(jax.random.key(seed), text, jnp.ones((1, 1), bool))["params"])
 
 
+# Modules that act on the text tokens only, wherever they sit in the tree (a joint block's
+# text stream included); with attn2's text side, what diffusion.binding_grad='text' trains.
+_TEXT_ONLY_MODULES = frozenset({
+    "text_embedder", "pooled_text_embedder", "text_refiner", "add_q_proj", "add_k_proj",
+    "add_v_proj", "norm_added_q", "norm_added_k", "to_add_out", "ffn_text",
+    "text_scale_shift_table"})
+_CROSS_ATTN_TEXT_SIDE = frozenset({"to_k", "to_v", "norm_k"})  # attn2's keys and values
+
+
+def acts_on_text_only(names: tuple[str, ...]) -> bool:
+  """Whether the DiT parameter at `names` (its path in the params tree, e.g. ('blocks',
+  'attn2', 'to_k', 'kernel')) acts on the text tokens only: the text embedders, the text
+  refiner, the cross-attention's key/value projections and key norm, and a joint block's
+  text stream. Every other parameter acts on the video tokens."""
+  if any(n in _TEXT_ONLY_MODULES for n in names):
+    return True
+  return "attn2" in names and names[names.index("attn2") + 1] in _CROSS_ATTN_TEXT_SIDE
+
+
+def in_cross_attention(names: tuple[str, ...]) -> bool:
+  """acts_on_text_only, or part of a Wan block's cross-attention (attn2: its query and
+  output too) or of the norm in front of it (norm2)."""
+  return acts_on_text_only(names) or "attn2" in names or "norm2" in names
+
+
 def count_params(cfg) -> int:
   """Number of DiT parameters for `cfg` (jax.eval_shape: nothing is allocated)."""
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(param_shapes(cfg)))))

@@ -28,8 +28,8 @@ import numpy as np
 import optax
 
 from sora_jax import paths
-from sora_jax.config_check import (COND_MASKS, ConfigError, eval_timesteps, init_from_dir,
-                                   parse_weights)
+from sora_jax.config_check import (BINDING_GRADS, COND_MASKS, ConfigError, eval_timesteps,
+                                   init_from_dir, parse_weights)
 from sora_jax.data import encode
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
@@ -94,6 +94,27 @@ def binding_hinge(err_pos_B, err_neg_B, valid_B, margin: float):
   n = jnp.maximum(jnp.sum(w_B), 1.0)
   hinge_B = jax.nn.relu(jnp.log1p(margin) - gap_B)
   return jnp.sum(hinge_B * w_B) / n, jnp.sum(gap_B * w_B) / n
+
+
+# diffusion.binding_grad: which parameters the contrast's gradient reaches (None: all).
+_GRAD_GROUPS = dict(zip(BINDING_GRADS, (None, dit_lib.acts_on_text_only,
+                                        dit_lib.in_cross_attention)))
+
+
+def _param_names(path) -> tuple[str, ...]:
+  """A tree path's dict keys (flax boxes add attribute keys, which are skipped)."""
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def gradient_only_to(params, group: str):
+  """`params` with stop_gradient on every leaf outside diffusion.binding_grad's `group`
+  ('all': unchanged): a loss of the result sends gradient to that group only, with the
+  same value."""
+  keep = _GRAD_GROUPS[group]
+  if keep is None:
+    return params
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: x if keep(_param_names(p)) else jax.lax.stop_gradient(x), params)
 
 
 def choose_text_per_clip(keys_B, batch: dict, field: str):
@@ -171,21 +192,29 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
       if use_lora:
         params = lora.merge(base, params, cfg.train)
 
-      def model_fn(x_t, t_BT, c):
-        return dit.apply({"params": params}, x_t, t_BT, c[0], c[1],
-                         deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout})
-      loss, err_B = loss_lib.rf_loss(model_fn, x0, t_B, eps, cond_BT, cfg.diffusion.prediction,
-                                     cond=(emb, mask), t_clip=cfg.diffusion.x0_loss_t_clip)
+      def model_fn_of(p):
+        def model_fn(x_t, t_BT, c):
+          return dit.apply({"params": p}, x_t, t_BT, c[0], c[1],
+                           deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout})
+        return model_fn
+      loss, err_B = loss_lib.rf_loss(model_fn_of(params), x0, t_B, eps, cond_BT,
+                                     cfg.diffusion.prediction, cond=(emb, mask),
+                                     t_clip=cfg.diffusion.x0_loss_t_clip)
       aux = {}
       if contrast:
         # The same clips, noise, t and clean frames with the negative text, on the half of
         # the batch where it applies (valid samples first; the rest weigh nothing).
         valid_B = neg_valid_B & keep_B & (t_B >= cfg.diffusion.binding_t_min)
         rows = jnp.argsort(~valid_B, stable=True)[:max(1, b // 2)]
+        grad_to = cfg.diffusion.binding_grad
         _, err_neg = loss_lib.rf_loss(
-            model_fn, x0[rows], t_B[rows], eps[rows], cond_BT[rows], cfg.diffusion.prediction,
-            cond=(neg_emb[rows], neg_mask[rows]), t_clip=cfg.diffusion.x0_loss_t_clip)
-        hinge, gap = binding_hinge(err_B[rows], err_neg, valid_B[rows],
+            model_fn_of(gradient_only_to(params, grad_to)), x0[rows], t_B[rows], eps[rows],
+            cond_BT[rows], cfg.diffusion.prediction, cond=(neg_emb[rows], neg_mask[rows]),
+            t_clip=cfg.diffusion.x0_loss_t_clip)
+        # Outside 'all', the text's own error is a constant of the hinge: it does not
+        # re-weight the denoising loss, and no hinge gradient leaves binding_grad's group.
+        err_pos = err_B[rows] if grad_to == "all" else jax.lax.stop_gradient(err_B[rows])
+        hinge, gap = binding_hinge(err_pos, err_neg, valid_B[rows],
                                    cfg.diffusion.binding_margin)
         aux = {"binding_loss": hinge, "binding_gap": gap,
                "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
