@@ -180,9 +180,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Which DiT parameters the contrast trains: "all"; "text" (those acting on the text tokens
   # only: text embedders, refiner, cross-attention keys/values; dit.acts_on_text_only) or
   # "cross_attn" (also the cross-attention's query, output and input norm). Outside "all",
-  # the hinge's gradient reaches that group alone, and the text's own error is a constant
-  # of it (only the negative text's error is pushed up), so the video path and its Adam
-  # statistics see the denoising loss only.
+  # the hinge's gradient reaches that group alone (the video path and its Adam statistics
+  # see the denoising loss only), at a forward and backward pass of half the batch more.
   cfg.diffusion.binding_grad = "all"
 
   # ---------------------------------------------------------------- training

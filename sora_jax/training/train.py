@@ -207,13 +207,16 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
         valid_B = neg_valid_B & keep_B & (t_B >= cfg.diffusion.binding_t_min)
         rows = jnp.argsort(~valid_B, stable=True)[:max(1, b // 2)]
         grad_to = cfg.diffusion.binding_grad
-        _, err_neg = loss_lib.rf_loss(
-            model_fn_of(gradient_only_to(params, grad_to)), x0[rows], t_B[rows], eps[rows],
-            cond_BT[rows], cfg.diffusion.prediction, cond=(neg_emb[rows], neg_mask[rows]),
-            t_clip=cfg.diffusion.x0_loss_t_clip)
-        # Outside 'all', the text's own error is a constant of the hinge: it does not
-        # re-weight the denoising loss, and no hinge gradient leaves binding_grad's group.
-        err_pos = err_B[rows] if grad_to == "all" else jax.lax.stop_gradient(err_B[rows])
+        hinge_fn = model_fn_of(gradient_only_to(params, grad_to))
+        rows_err = lambda c: loss_lib.rf_loss(
+            hinge_fn, x0[rows], t_B[rows], eps[rows], cond_BT[rows], cfg.diffusion.prediction,
+            cond=c, t_clip=cfg.diffusion.x0_loss_t_clip)[1]
+        err_neg = rows_err((neg_emb[rows], neg_mask[rows]))
+        # Outside 'all', the text's own error on these rows is computed again through the
+        # same restricted parameters: both sides of the hinge pull on that group alone.
+        # (Its pull on the text's error matters: without it the group degrades every
+        # text to push the negative's error up, and the run diverges: docs/results.md.)
+        err_pos = err_B[rows] if grad_to == "all" else rows_err((emb[rows], mask[rows]))
         hinge, gap = binding_hinge(err_pos, err_neg, valid_B[rows],
                                    cfg.diffusion.binding_margin)
         aux = {"binding_loss": hinge, "binding_gap": gap,
