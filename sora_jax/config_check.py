@@ -21,7 +21,7 @@ COND_MASKS = ("none", "first", "first_k", "last_k", "first_last", "random")
 LORA_TARGETS = ("q", "k", "v", "o", "ffn")
 COMPILE_PROGRAMS = ("train", "sample")
 TEXT_FIELDS = ("caption", "prompt", "both")  # data.caption_field, diffusion.binding_field
-BINDING_GRADS = ("all", "text", "cross_attn")  # diffusion.binding_grad
+BINDING_GRADS = ("all", "text", "text_tokens", "cross_attn")  # diffusion.binding_grad
 # sample.* fields that hold for a whole --mode=sample run: a jobs-file line may not set them.
 RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 

@@ -178,7 +178,8 @@ def base_config() -> ml_collections.ConfigDict:
   # a swap of motions (and, with data.binding_swap='color_shape', sizes) as the only difference.
   cfg.diffusion.binding_field = "both"
   # Which DiT parameters the contrast trains: "all"; "text" (those acting on the text tokens
-  # only: text embedders, refiner, cross-attention keys/values; dit.acts_on_text_only) or
+  # only: text embedders, refiner, cross-attention keys/values; dit.acts_on_text_only),
+  # "text_tokens" (the same less the pooled-text MLP, which modulates every video token) or
   # "cross_attn" (also the cross-attention's query, output and input norm). Outside "all",
   # the hinge's gradient reaches that group alone (the video path and its Adam statistics
   # see the denoising loss only), at a forward and backward pass of half the batch more.

@@ -207,7 +207,7 @@ def test_binding_field_prompt_ignores_the_captions_negatives():
   assert got["binding_frac"] > 0.0 and abs(got["binding_gap"]) < 1e-5
 
 
-@pytest.mark.parametrize("group", ["text", "cross_attn"])
+@pytest.mark.parametrize("group", ["text", "text_tokens", "cross_attn"])
 def test_binding_grad_keeps_the_contrast_off_every_other_parameter(group):
   """diffusion.binding_grad: every parameter outside the group gets the gradient of the
   step without the contrast, the group's get another, and the loss is still the plain
@@ -231,7 +231,10 @@ def test_binding_grad_keeps_the_contrast_off_every_other_parameter(group):
   np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["binding_loss"], rtol=1e-5)
   # The group, written out by hand for this (Wan-block, scanned) DiT.
   inside = ("blocks/attn2/to_k/", "blocks/attn2/to_v/", "blocks/attn2/norm_k/",
-            "condition_embedder/text_embedder/", "condition_embedder/pooled_text_embedder/")
+            "condition_embedder/text_embedder/")
+  pooled = group != "text_tokens" and _cfg(0).dit.pooled_text
+  if pooled:
+    inside += ("condition_embedder/pooled_text_embedder/",)
   if group == "cross_attn":
     inside += ("blocks/attn2/", "blocks/norm2/")
   moved = 0
@@ -241,6 +244,6 @@ def test_binding_grad_keeps_the_contrast_off_every_other_parameter(group):
       moved += 1
     else:
       np.testing.assert_array_equal(g, want[name], err_msg=name)
-  assert moved == (9 if group == "text" else 16) + 4 * bool(_cfg(0).dit.pooled_text), moved
+  assert moved == (16 if group == "cross_attn" else 9) + 4 * bool(pooled), moved
   fc1 = "blocks/ffn/fc1/kernel"
   assert np.abs(every[fc1] - want[fc1]).max() > 1e-3 * np.abs(want[fc1]).max()

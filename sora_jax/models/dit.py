@@ -670,6 +670,12 @@ def acts_on_text_only(names: tuple[str, ...]) -> bool:
   return "attn2" in names and names[names.index("attn2") + 1] in _CROSS_ATTN_TEXT_SIDE
 
 
+def acts_on_text_tokens(names: tuple[str, ...]) -> bool:
+  """acts_on_text_only, less the pooled-text MLP (dit.pooled_text), whose output joins the
+  time embedding and so modulates every video token."""
+  return acts_on_text_only(names) and "pooled_text_embedder" not in names
+
+
 def in_cross_attention(names: tuple[str, ...]) -> bool:
   """acts_on_text_only, or part of a Wan block's cross-attention (attn2: its query and
   output too) or of the norm in front of it (norm2)."""

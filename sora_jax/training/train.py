@@ -98,6 +98,7 @@ def binding_hinge(err_pos_B, err_neg_B, valid_B, margin: float):
 
 # diffusion.binding_grad: which parameters the contrast's gradient reaches (None: all).
 _GRAD_GROUPS = dict(zip(BINDING_GRADS, (None, dit_lib.acts_on_text_only,
+                                        dit_lib.acts_on_text_tokens,
                                         dit_lib.in_cross_attention)))
 
 
