@@ -22,6 +22,7 @@ LORA_TARGETS = ("q", "k", "v", "o", "ffn")
 COMPILE_PROGRAMS = ("train", "sample")
 TEXT_FIELDS = ("caption", "prompt", "both")  # data.caption_field, diffusion.binding_field
 BINDING_GRADS = ("all", "text", "text_tokens", "cross_attn")  # diffusion.binding_grad
+BINDING_LOSSES = ("hinge", "match")  # diffusion.binding_loss
 # sample.* fields that hold for a whole --mode=sample run: a jobs-file line may not set them.
 RUN_SAMPLE_FIELDS = ("jobs_file", "use_ema", "output_dir")
 
@@ -215,6 +216,14 @@ def check(cfg, mode: str) -> None:
   _one_of("data.binding_swap", cfg.data.binding_swap, SWAPS)
   _one_of("diffusion.binding_field", d.binding_field, TEXT_FIELDS)
   _one_of("diffusion.binding_grad", d.binding_grad, BINDING_GRADS)
+  _one_of("diffusion.binding_loss", d.binding_loss, BINDING_LOSSES)
+  if d.binding_loss == "match" and not cfg.dit.match_head:
+    raise ConfigError("diffusion.binding_loss='match' trains the DiT's matching head, which "
+                      "this config lacks; set dit.match_head=True (or binding_loss='hinge')")
+  if d.binding_loss == "match" and d.binding_grad != "all":
+    raise ConfigError(f"diffusion.binding_loss='match' with binding_grad={d.binding_grad!r}: "
+                      "the matching head is outside that group and would never train; set "
+                      "binding_grad='all' (or binding_loss='hinge')")
   if d.binding_grad == "cross_attn" and cfg.dit.joint_attention:
     raise ConfigError("diffusion.binding_grad='cross_attn' names the cross-attention, which "
                       "dit.joint_attention's blocks do not have (one attention over video and "

@@ -144,6 +144,10 @@ def base_config() -> ml_collections.ConfigDict:
   # adaLN-modulated stream (q/k/v, output, MLP) and attend jointly with the video tokens in
   # one attention, in place of cross-attention. False: Wan 2.1's blocks.
   cfg.dit.joint_attention = False
+  # A matching head (BLIP's image-text matching) on the final hidden states: one logit per
+  # sample for whether the text fits the video, which diffusion.binding_loss='match'
+  # trains. Sampling never reads it. False: none (Wan 2.1).
+  cfg.dit.match_head = False
 
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()
@@ -184,6 +188,12 @@ def base_config() -> ml_collections.ConfigDict:
   # the hinge's gradient reaches that group alone (the video path and its Adam statistics
   # see the denoising loss only), at a forward and backward pass of half the batch more.
   cfg.diffusion.binding_grad = "all"
+  # What the contrast trains: "hinge" (the hinge above, on the prediction's errors) or
+  # "match": a logistic loss on the matching head's logits (dit.match_head), the text's
+  # labelled 1 and the negative's 0, so the shared blocks must tell them apart while the
+  # prediction is not pushed off its mean (binding_margin unused; binding_grad must be
+  # "all"). It costs a forward and backward pass of half the batch more than "hinge".
+  cfg.diffusion.binding_loss = "hinge"
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

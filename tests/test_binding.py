@@ -247,3 +247,61 @@ def test_binding_grad_keeps_the_contrast_off_every_other_parameter(group):
   assert moved == (16 if group == "cross_attn" else 9) + 4 * bool(pooled), moved
   fc1 = "blocks/ffn/fc1/kernel"
   assert np.abs(every[fc1] - want[fc1]).max() > 1e-3 * np.abs(want[fc1]).max()
+
+
+def test_binding_match_matches_a_float64_reference():
+  rng = np.random.default_rng(4)
+  pos, neg = rng.normal(0, 2, 8), rng.normal(0, 2, 8)
+  valid = np.array([1, 0, 1, 1, 0, 1, 1, 1], bool)
+  want = np.sum((np.logaddexp(0, -pos) + np.logaddexp(0, neg)) * valid) / valid.sum()
+  loss, margin, acc = train.binding_match(jnp.asarray(pos, jnp.float32),
+                                          jnp.asarray(neg, jnp.float32), jnp.asarray(valid))
+  np.testing.assert_allclose(float(loss), want, rtol=1e-5)
+  np.testing.assert_allclose(float(margin), np.sum((pos - neg) * valid) / valid.sum(), rtol=1e-5)
+  assert float(acc) == np.sum((pos > neg) & valid) / valid.sum()
+  # It raises the text's logit and lowers the negative's, on valid samples only.
+  d_pos, d_neg = jax.grad(lambda p, n: train.binding_match(p, n, jnp.asarray(valid))[0],
+                          argnums=(0, 1))(jnp.asarray(pos, jnp.float32), jnp.asarray(neg, jnp.float32))
+  assert np.all(np.asarray(d_pos)[valid] < 0) and np.all(np.asarray(d_neg)[valid] > 0)
+  assert np.all(np.asarray(d_pos)[~valid] == 0) and np.all(np.asarray(d_neg)[~valid] == 0)
+  assert float(train.binding_match(jnp.ones(2), jnp.ones(2), jnp.zeros(2, bool))[0]) == 0.0
+
+
+def test_match_contrast_trains_the_head_and_blocks_but_not_the_output_layer():
+  """diffusion.binding_loss='match': the loss is the plain loss + weight * the matching
+  head's logistic loss; its gradient reaches the head and the shared blocks, and leaves the
+  output layer (proj_out, scale_shift_table) with exactly the plain step's gradient, so the
+  prediction is not pushed off its mean directly. Without the contrast the head gets none."""
+  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
+  rng = np.random.default_rng(2)
+  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():
+    emb = host[f"{field}_emb"]
+    host |= {e: (emb + 0.5 * rng.standard_normal(emb.shape)).astype(emb.dtype),
+             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+
+  def step(weight, batch):
+    cfg = _cfg(weight)
+    cfg.train.grad_clip, cfg.dit.match_head, cfg.diffusion.binding_loss = 0.0, True, "match"
+    metrics, g = _trainer(cfg)(batch, grads=True)
+    names = lambda p: "/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
+    return metrics, {names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(g)}
+
+  (plain, want), (got, grads) = step(0.0, host), step(0.5, host)
+  assert "binding_loss" not in plain and got["binding_frac"] == 1.0
+  np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["binding_loss"], rtol=1e-5)
+  assert 0.0 <= got["binding_acc"] <= 1.0 and abs(got["binding_gap"]) > 1e-4
+  head = [n for n in want if n.startswith("match_head/")]
+  assert len(head) == 4 and all(np.all(want[n] == 0) for n in head)
+  assert all(np.abs(grads[n]).max() > 0 for n in head)
+  for n in want:
+    if n.startswith(("proj_out/", "scale_shift_table")):
+      np.testing.assert_array_equal(grads[n], want[n], err_msg=n)
+  fc1 = "blocks/ffn/fc1/kernel"
+  assert np.abs(grads[fc1] - want[fc1]).max() > 1e-3 * np.abs(want[fc1]).max()
+  # The negative equal to the text: equal logits, and the loss is at least 2 log 2.
+  same = dict(host)
+  for field, (e, m, _) in encode.NEGATIVE_KEYS.items():
+    same |= {e: host[f"{field}_emb"], m: host[f"{field}_mask"]}
+  got, _ = step(0.5, same)
+  assert abs(got["binding_gap"]) < 1e-5 and got["binding_acc"] == 0.0
+  assert got["binding_loss"] >= 2 * np.log(2) - 1e-5

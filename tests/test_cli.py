@@ -77,6 +77,8 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
     ("data", "binding_swap", "size", "data.binding_swap='size'"),
     ("diffusion", "binding_field", "prompts", "diffusion.binding_field='prompts'"),
     ("diffusion", "binding_grad", "video", "diffusion.binding_grad='video'"),
+    ("diffusion", "binding_loss", "bce", "diffusion.binding_loss='bce'"),
+    ("diffusion", "binding_loss", "match", "set dit.match_head=True"),
 ])
 def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
   cfg = base_config()
@@ -112,6 +114,21 @@ def test_a_cross_attention_contrast_on_joint_blocks_is_refused(tmp_path):
     config_check.check(cfg, "train")
   assert "\n" not in str(e.value)
   cfg.diffusion.binding_grad = "text"
+  config_check.check(cfg, "train")
+
+
+def test_a_match_contrast_outside_all_parameters_is_refused(tmp_path):
+  """The matching head is in no restricted group: binding_loss='match' needs
+  binding_grad='all'."""
+  cfg = base_config()
+  cfg.data.binding_negatives, cfg.data.video_dir = True, str(tmp_path)
+  cfg.diffusion.binding_weight, cfg.diffusion.binding_loss = 0.5, "match"
+  cfg.dit.match_head, cfg.diffusion.binding_grad = True, "text"
+  with pytest.raises(config_check.ConfigError, match="head is outside that group.*"
+                     "set binding_grad='all'") as e:
+    config_check.check(cfg, "train")
+  assert "\n" not in str(e.value)
+  cfg.diffusion.binding_grad = "all"
   config_check.check(cfg, "train")
 
 

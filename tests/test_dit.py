@@ -385,3 +385,35 @@ def test_joint_attention_model_uses_text_ignores_padding_and_trains_both_streams
   with pytest.raises(ValueError, match="joint_attention"):
     dit.dit_from_config(tiny_cfg(joint_attention=True, attention="ring")).init(
         jax.random.key(0), *dit.example_inputs(cfg))
+
+
+def test_match_head_reads_the_hidden_states_and_leaves_the_prediction_alone():
+  """dit.match_head: the DiT's prediction is the one without the head (same parameters),
+  the head's (B,) logits follow a numpy reference of MatchHead (LayerNorm, dim -> dim,
+  SiLU, dim -> 1, mean over tokens) and change with the text; asking a DiT without the
+  head for them is a clear error."""
+  cfg = tiny_cfg(match_head=True)
+  model, params = random_params(cfg)
+  plain = dit.dit_from_config(tiny_cfg())
+  x, t, text = inputs(2, 1, 4, 4)
+  base = {k: v for k, v in params.items() if k != "match_head"}
+  out, logit = jax.jit(lambda p, *a: model.apply({"params": p}, *a, return_match=True))(
+      params, x, t, text)
+  np.testing.assert_array_equal(out, jax.jit(plain.apply)({"params": base}, x, t, text))
+  assert logit.shape == (2,)
+  _, logit2 = model.apply({"params": params}, x[::-1], t[::-1], text[::-1], return_match=True)
+  assert float(jnp.abs(logit2 - logit[::-1]).max()) < 1e-5  # per sample
+  _, logit3 = model.apply({"params": params}, x, t, text + 1.0, return_match=True)
+  assert float(jnp.abs(logit3 - logit).max()) > 1e-4
+  head = dit.MatchHead(cfg.dit.dim, cfg.dit.eps, jnp.float32, jnp.float32)
+  h = np.random.default_rng(3).standard_normal((2, 7, cfg.dit.dim)).astype(np.float32)
+  p = jax.tree.map(np.asarray, params["match_head"])
+  z = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + cfg.dit.eps)
+  a = z @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+  want = ((a / (1 + np.exp(-a))) @ p["fc2"]["kernel"] + p["fc2"]["bias"])[..., 0].mean(1)
+  np.testing.assert_allclose(head.apply({"params": params["match_head"]}, h), want,
+                             rtol=1e-4, atol=1e-5)
+  fresh = dit.init_match_head(cfg, 0)
+  assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, params["match_head"])
+  with pytest.raises(ValueError, match="needs a DiT with match_head=True"):
+    plain.apply({"params": base}, x, t, text, return_match=True)

@@ -487,6 +487,25 @@ class TextRefiner(nn.Module):
     return x.astype(text_BSD.dtype)
 
 
+class MatchHead(nn.Module):
+  """Whether the text matches the video (BLIP's image-text matching head, for the binding
+  contrast's diffusion.binding_loss='match'): a logit per sample, the mean over the video
+  tokens of an MLP of each final hidden state (affine-free LayerNorm, dim -> dim, SiLU,
+  dim -> 1), so a token can flag a mismatch where it sees one. Not in Wan 2.1; sampling
+  never reads it."""
+  dim: int
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    h = _layer_norm(x_BLD, self.eps).astype(self.dtype)
+    h = _dense(self.dim, ("embed", "mlp"), self.dtype, self.param_dtype, "fc1")(h)
+    h = _dense(1, ("mlp", None), self.dtype, self.param_dtype, "fc2")(nn.silu(h))
+    return jnp.mean(h[..., 0].astype(jnp.float32), axis=1)
+
+
 class WanDiT(nn.Module):
   """Wan 2.1-style DiT with per-frame timesteps (see the module docstring)."""
   in_channels: int
@@ -512,11 +531,13 @@ class WanDiT(nn.Module):
   text_refiner_layers: int = 0  # TextRefiner blocks over the text tokens (not in Wan 2.1).
   text_refiner_gate_init: float = 0.0  # Their residual gates' initial value (0: identity).
   joint_attention: bool = False  # Double-stream MMDiT blocks (JointBlock) instead of Wan's.
+  match_head: bool = False  # A MatchHead on the final hidden states (not in Wan 2.1).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BTHWC, t, text_BLD, text_mask_BL=None, deterministic=True):
+  def __call__(self, x_BTHWC, t, text_BLD, text_mask_BL=None, deterministic=True,
+               return_match=False):
     """Predicts (B, T, H, W, C_out) float32 from latents x_BTHWC.
 
     Args:
@@ -525,7 +546,11 @@ class WanDiT(nn.Module):
       text_BLD: text-encoder states (B, L_text, text_dim).
       text_mask_BL: bool (B, L_text), True = real token; None = all real.
       deterministic: False enables dropout (needs a 'dropout' rng) when dit.dropout > 0.
+      return_match: also return the MatchHead's (B,) logits (needs match_head), as
+        (prediction, logits).
     """
+    if return_match and not self.match_head:
+      raise ValueError("return_match=True needs a DiT with match_head=True (dit.match_head)")
     b, tt, hh, ww, c = x_BTHWC.shape
     pt, ph, pw = self.patch_size
     if tt % pt or hh % ph or ww % pw or c != self.in_channels:
@@ -595,15 +620,19 @@ class WanDiT(nn.Module):
       for i in range(self.num_layers):
         carry, _ = block(**kw, name=f"blocks_{i}")(carry, *args)
     x = carry[0] if self.joint_attention else carry
+    # Built whenever configured (so init creates its parameters); unused, XLA drops it.
+    match_B = (MatchHead(self.dim, self.eps, self.dtype, self.param_dtype, name="match_head")(x)
+               if self.match_head else None)
 
     e = _scale_shift_table(self, "scale_shift_table", 2)[None, None] + temb_BFD[:, :, None]
     h = _modulate(x, e[:, :, 0], e[:, :, 1], self.eps).astype(self.dtype)
     # Zero-initialised head (Wan): the untrained network predicts 0.
     out = _dense(pt * ph * pw * c_out, ("embed", "channels"), self.dtype, self.param_dtype,
                  "proj_out", nn.initializers.zeros)(h)
-    return einops.rearrange(out.astype(jnp.float32),
-                            "b (f gh gw) (pt ph pw c) -> b (f pt) (gh ph) (gw pw) c",
-                            f=f, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw)
+    out = einops.rearrange(out.astype(jnp.float32),
+                           "b (f gh gw) (pt ph pw c) -> b (f pt) (gh ph) (gw pw) c",
+                           f=f, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw)
+    return (out, match_B) if return_match else out
 
 
 def dit_from_config(cfg) -> WanDiT:
@@ -618,7 +647,8 @@ def dit_from_config(cfg) -> WanDiT:
       attention_block=d.attention_block, pooled_text=bool(d.pooled_text),
       text_refiner_layers=d.text_refiner_layers,
       text_refiner_gate_init=float(d.text_refiner_gate_init),
-      joint_attention=bool(d.joint_attention), dtype=jnp.dtype(d.dtype),
+      joint_attention=bool(d.joint_attention), match_head=bool(d.match_head),
+      dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
 
@@ -649,6 +679,18 @@ def init_text_refiner(cfg, seed: int = 0) -> dict:
                         model.eps, model.dtype, model.param_dtype, model.text_refiner_gate_init)
   text = jnp.zeros((1, 1, model.dim), model.dtype)
   return nn.unbox(refiner.init(jax.random.key(seed), text, jnp.ones((1, 1), bool))["params"])
+
+
+def init_match_head(cfg, seed: int = 0) -> dict:
+  """Fresh (unboxed) parameters of `cfg`'s MatchHead alone, as `params['match_head']`
+  (train.init_from adds the head to a DiT trained without one; the prediction is
+  unchanged, as the head only reads the hidden states)."""
+  model = dit_from_config(cfg)
+  if not model.match_head:
+    raise ValueError("init_match_head: dit.match_head is False")
+  head = MatchHead(model.dim, model.eps, model.dtype, model.param_dtype)
+  return nn.unbox(head.init(jax.random.key(seed), jnp.zeros((1, 1, model.dim), model.dtype))
+                  ["params"])
 
 
 # Modules that act on the text tokens only, wherever they sit in the tree (a joint block's

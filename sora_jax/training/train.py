@@ -33,6 +33,7 @@ from sora_jax.config_check import (BINDING_GRADS, COND_MASKS, ConfigError, eval_
 from sora_jax.data import encode
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
+from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.diffusion import schedules
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text_encoder as text_lib
@@ -94,6 +95,19 @@ def binding_hinge(err_pos_B, err_neg_B, valid_B, margin: float):
   n = jnp.maximum(jnp.sum(w_B), 1.0)
   hinge_B = jax.nn.relu(jnp.log1p(margin) - gap_B)
   return jnp.sum(hinge_B * w_B) / n, jnp.sum(gap_B * w_B) / n
+
+
+def binding_match(logit_pos_B, logit_neg_B, valid_B):
+  """(loss, mean logit margin, accuracy) of diffusion.binding_loss='match': over valid
+  samples, the mean logistic loss of the matching head, the text labelled 1 and the
+  negative 0 (softplus(-pos) + softplus(neg)), the mean of pos - neg, and the share of
+  samples with pos > neg (0 where no sample is valid)."""
+  w_B = valid_B.astype(jnp.float32)
+  n = jnp.maximum(jnp.sum(w_B), 1.0)
+  loss_B = jax.nn.softplus(-logit_pos_B) + jax.nn.softplus(logit_neg_B)
+  margin_B = logit_pos_B - logit_neg_B
+  return (jnp.sum(loss_B * w_B) / n, jnp.sum(margin_B * w_B) / n,
+          jnp.sum((margin_B > 0) * w_B) / n)
 
 
 # diffusion.binding_grad: which parameters the contrast's gradient reaches (None: all).
@@ -207,6 +221,19 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
         # the batch where it applies (valid samples first; the rest weigh nothing).
         valid_B = neg_valid_B & keep_B & (t_B >= cfg.diffusion.binding_t_min)
         rows = jnp.argsort(~valid_B, stable=True)[:max(1, b // 2)]
+        if cfg.diffusion.binding_loss == "match":
+          # The matching head's logits of the text and of the negative on the same noised
+          # clips; the prediction's errors stay out of it.
+          t_BT = jnp.where(cond_BT[rows], 0.0, t_B[rows][:, None])
+          x_t = rf.interpolate(x0[rows], eps[rows], t_BT)
+          logit = lambda e, m: dit.apply(
+              {"params": params}, x_t, t_BT, e, m, deterministic=not cfg.dit.dropout,
+              rngs={"dropout": k_dropout}, return_match=True)[1]
+          match, gap, acc = binding_match(logit(emb[rows], mask[rows]),
+                                          logit(neg_emb[rows], neg_mask[rows]), valid_B[rows])
+          aux = {"binding_loss": match, "binding_gap": gap, "binding_acc": acc,
+                 "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
+          return loss + cfg.diffusion.binding_weight * match, aux
         grad_to = cfg.diffusion.binding_grad
         hinge_fn = model_fn_of(gradient_only_to(params, grad_to))
         rows_err = lambda c: loss_lib.rf_loss(
@@ -298,6 +325,12 @@ def load_init_from(cfg, mesh, rules) -> dict:
     print(f"[train] train.init_from: dit.text_refiner_layers={cfg.dit.text_refiner_layers} "
           "is new: the refiner starts from its init (gates "
           f"{cfg.dit.text_refiner_gate_init:g})", flush=True)
+  if "match_head" in want and "match_head" not in params:
+    # A matching head added to a DiT trained without one (seeded: the same on every host);
+    # it only reads the hidden states, so the prediction is what it was.
+    params = {**params, "match_head": dit_lib.init_match_head(cfg, cfg.seed)}
+    print("[train] train.init_from: dit.match_head is new: the head starts from its init",
+          flush=True)
   got_paths, want_paths = leaf_shapes(params), leaf_shapes(want)
   if got_paths != want_paths:
     diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:4]
