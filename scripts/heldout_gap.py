@@ -15,6 +15,8 @@ distinct clips would help; equal figures mean the data is not what limits it.
 DATA holds the encoded set (--mode=encode); the model's own latent statistics
 (WORKDIR/latent_stats.json) normalise it. Writes OUT (JSON) and prints a table.
 """
+import json
+
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
@@ -31,7 +33,19 @@ _SEEN = flags.DEFINE_integer("seen", None, "How many leading records of --bucket
 _BUCKET = flags.DEFINE_string("bucket", "5x8x8", "The bucket scored, as the encoded set names it: latent "
                               "frames x height x width (5x8x8 holds the 17x32x32 clips of the demo VAE).")
 _CLIPS = flags.DEFINE_integer("clips", 128, "Clips per set (the same clips at any data.batch_size).")
+_OBJECTS = flags.DEFINE_integer("objects", 0, "Score only clips of this many objects (their "
+                                "ShapesWorld spec's); 0 = every clip. --seen still counts "
+                                "every record of the bucket.")
 _OUT = flags.DEFINE_string("out", "", "Output JSON ('' = print only).")
+
+
+def _num_objects(source, ids_R):
+  """(R,) the object count of each record with ids_R >= 0 (its spec), -1 elsewhere."""
+  out = np.full(len(ids_R), -1)
+  for i in np.flatnonzero(ids_R >= 0):
+    spec = source[int(i)]["spec"]
+    out[i] = len(json.loads(spec.decode() if isinstance(spec, bytes) else str(spec))["objects"])
+  return out
 
 
 def main(argv):
@@ -47,16 +61,21 @@ def main(argv):
     if bucket not in buckets:
       raise app.UsageError(f"--bucket={_BUCKET.value} is not in the data set ({buckets})")
     ids_R = np.where(ids_R == buckets.index(bucket), ids_R, -1)
-    if split == "validation":
-      sets["validation"] = encode.batches_in_fixed_order(cfg, source, ids_R, _CLIPS.value)
-      continue
-    rank_R = np.cumsum(ids_R >= 0) - 1
-    for name, keep_R in (("seen", rank_R < _SEEN.value), ("unseen", rank_R >= _SEEN.value)):
+    rank_R = np.cumsum(ids_R >= 0) - 1  # before any --objects filter: what --seen counts
+    if _OBJECTS.value:
+      ids_R = np.where(_num_objects(source, ids_R) == _OBJECTS.value, ids_R, -1)
+    parts = ((("validation", np.ones(len(ids_R), bool)),) if split == "validation" else
+             (("seen", rank_R < _SEEN.value), ("unseen", rank_R >= _SEEN.value)))
+    for name, keep_R in parts:
+      if not np.any(keep_R & (ids_R >= 0)):  # e.g. --seen=0, or no clip of --objects
+        print(f"{name:>10}: no clips", flush=True)
+        continue
       sets[name] = encode.batches_in_fixed_order(cfg, source, np.where(keep_R, ids_R, -1),
                                                  _CLIPS.value)
   ts = eval_timesteps(cfg)
   result = {"workdir": _WORKDIR.value, "step": int(step), "bucket": _BUCKET.value,
-            "seen_records": _SEEN.value, "timesteps": list(ts)}
+            "seen_records": _SEEN.value, "objects": _OBJECTS.value or "all",
+            "timesteps": list(ts)}
   for name, batches in sets.items():
     losses = trainer.eval_losses({"ema": ema}, trainer.eval_to_device(batches))
     result[name] = {"clips": int(sum(b["mask"].sum() for b in batches)),

@@ -556,3 +556,35 @@ def test_dit_logs_a_held_out_loss_that_any_recipe_can_compare(workdir):
       five_at_8 = five
   np.testing.assert_allclose(five, five_at_8, rtol=1e-5)
   assert not np.allclose(five, logged, rtol=1e-3)  # 5 of the 8 clips are another figure.
+
+
+def test_heldout_gap_splits_the_clips_by_object_count(workdir, tmp_path):
+  """scripts/heldout_gap.py --objects=N scores the clips of N objects only: per split the
+  counts the generator's own specs give, and the two scores weighted by their counts are
+  the score of every clip."""
+  from sora_jax.data import shapes_world, tfds_shapes
+  cfg = tiny_config()
+  # The video bucket (9x16x16 clips: 3x4x4 latents) holds validation records 0-3.
+  want = [len(shapes_world.generate_clip(tfds_shapes.clip_seed(cfg.data.seed, "validation", i),
+                                         9, 16, 16, cfg.data.two_object_fraction)
+              ["spec"]["objects"]) for i in range(4)]
+  got = {}
+  for n in (0, 1, 2):
+    out = str(tmp_path / f"gap{n}.json")
+    r = subprocess.run([sys.executable, "scripts/heldout_gap.py", "--config=configs/shapes_tiny.py",
+                        f"--workdir={workdir}", *TINY, "--seen=8", "--clips=8", "--bucket=3x4x4",
+                        f"--objects={n}", f"--out={out}"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    with open(out) as f:
+      got[n] = json.load(f)
+  assert got[0]["validation"]["clips"] == 4
+  for n in (1, 2):
+    assert got[n].get("validation", {"clips": 0})["clips"] == want.count(n), (n, want)
+    assert got[n]["seen"]["clips"] + got[n]["unseen"]["clips"] <= 16
+  for split in ("seen", "unseen", "validation"):
+    parts = [got[n][split] for n in (1, 2) if split in got[n]]
+    assert sum(p["clips"] for p in parts) == got[0][split]["clips"], split
+    np.testing.assert_allclose(
+        sum(p["clips"] * p["eval_loss"] for p in parts) / got[0][split]["clips"],
+        got[0][split]["eval_loss"], rtol=1e-5)
