@@ -194,6 +194,11 @@ def base_config() -> ml_collections.ConfigDict:
   # prediction is not pushed off its mean (binding_margin unused; binding_grad must be
   # "all"). It costs a forward and backward pass of half the batch more than "hinge".
   cfg.diffusion.binding_loss = "hinge"
+  # Gradient surgery (PCGrad): where the contrast's gradient points against the denoising
+  # loss's (negative dot product over all parameters), drop its component along the
+  # latter, so the contrast cannot raise the denoising loss to first order. One backward
+  # pass more on video steps; logs the two gradients' cosine (binding_cos).
+  cfg.diffusion.binding_project = False
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

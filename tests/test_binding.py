@@ -305,3 +305,54 @@ def test_match_contrast_trains_the_head_and_blocks_but_not_the_output_layer():
   got, _ = step(0.5, same)
   assert abs(got["binding_gap"]) < 1e-5 and got["binding_acc"] == 0.0
   assert got["binding_loss"] >= 2 * np.log(2) - 1e-5
+
+
+def test_project_conflict_matches_a_float64_reference():
+  rng = np.random.default_rng(6)
+  tree = lambda: {"a": rng.standard_normal((3, 4)), "b": {"c": rng.standard_normal(5)}}
+  flat = lambda t: np.concatenate([t["a"].ravel(), t["b"]["c"]])
+  m, e = tree(), tree()
+  for sign in (1.0, -1.0):
+    e2 = jax.tree.map(lambda x, y: sign * np.abs(np.sign(np.vdot(flat(m), flat(e)))) * y, m, e)
+    fm, fe = flat(m), flat(e2)
+    d = np.vdot(fm, fe)
+    want = fm + fe - (min(d, 0.0) / np.vdot(fm, fm)) * fm
+    out, cos = train.project_conflict(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), m),
+                                      jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), e2))
+    np.testing.assert_allclose(flat(jax.device_get(out)), want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(float(cos), d / np.linalg.norm(fm) / np.linalg.norm(fe), rtol=1e-5)
+  # What is added to g_main never points against it.
+  assert np.vdot(want - fm, fm) >= -1e-9
+
+
+@pytest.mark.parametrize("loss", ["hinge", "match"])
+def test_binding_project_removes_the_contrasts_conflict_with_the_denoising_gradient(loss):
+  """diffusion.binding_project: the step's gradient is the plain step's plus the contrast's
+  (the full step's less the plain one's), projected off the plain gradient where they
+  conflict: a float64 reference from the unprojected steps. The loss is unchanged."""
+  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
+  rng = np.random.default_rng(2)
+  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():
+    emb = host[f"{field}_emb"]
+    host |= {e: (emb + 0.1 * rng.standard_normal(emb.shape)).astype(emb.dtype),
+             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+
+  def step(weight, project=False):
+    cfg = _cfg(weight)
+    cfg.train.grad_clip, cfg.diffusion.binding_project = 0.0, project
+    cfg.dit.match_head, cfg.diffusion.binding_loss = True, loss
+    metrics, mu = _trainer(cfg)(host, grads=True)
+    return metrics, np.concatenate([np.ravel(x) for x in jax.tree.leaves(mu)]).astype(np.float64)
+
+  # A large weight, so the contrast's gradient is comparable to the plain one's.
+  (plain, g_plain), (full, g_full), (got, g_got) = step(0.0), step(20.0), step(20.0, True)
+  g_extra = g_full - g_plain
+  d = np.vdot(g_plain, g_extra)
+  want = g_plain + g_extra - min(d, 0.0) / np.vdot(g_plain, g_plain) * g_plain
+  np.testing.assert_allclose(got["loss"], full["loss"], rtol=1e-6)
+  np.testing.assert_allclose(got["binding_cos"], d / np.linalg.norm(g_plain) / np.linalg.norm(g_extra),
+                             rtol=1e-3, atol=1e-4)
+  scale = np.abs(want).max()
+  np.testing.assert_allclose(g_got, want, rtol=0, atol=1e-4 * scale)
+  removed = np.abs(min(d, 0.0) / np.vdot(g_plain, g_plain) * g_plain).max()
+  assert removed > 10 * 1e-4 * scale  # the check above tells the projection from none

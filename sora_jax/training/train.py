@@ -110,6 +110,18 @@ def binding_match(logit_pos_B, logit_neg_B, valid_B):
           jnp.sum((margin_B > 0) * w_B) / n)
 
 
+def project_conflict(g_main, g_extra):
+  """(g_main + g_extra', cosine of the two): g_extra' is g_extra less its component along
+  g_main where the two point apart (dot < 0; PCGrad, Yu et al. 2020), else g_extra. Over
+  the whole parameter tree, in float32."""
+  dot = lambda a, b: sum(jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+                         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  d, nm, ne = dot(g_main, g_extra), dot(g_main, g_main), dot(g_extra, g_extra)
+  c = jnp.minimum(d, 0.0) / jnp.maximum(nm, 1e-30)
+  out = jax.tree.map(lambda m, e: (m + e - c * m).astype(m.dtype), g_main, g_extra)
+  return out, d / jnp.maximum(jnp.sqrt(nm * ne), 1e-30)
+
+
 # diffusion.binding_grad: which parameters the contrast's gradient reaches (None: all).
 _GRAD_GROUPS = dict(zip(BINDING_GRADS, (None, dit_lib.acts_on_text_only,
                                         dit_lib.acts_on_text_tokens,
@@ -204,6 +216,7 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     k_dropout = jax.random.fold_in(state["rng"], 1)
 
     def loss_fn(params):
+      """((denoising loss, weighted contrast term or 0), aux)."""
       if use_lora:
         params = lora.merge(base, params, cfg.train)
 
@@ -233,7 +246,7 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
                                           logit(neg_emb[rows], neg_mask[rows]), valid_B[rows])
           aux = {"binding_loss": match, "binding_gap": gap, "binding_acc": acc,
                  "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
-          return loss + cfg.diffusion.binding_weight * match, aux
+          return (loss, cfg.diffusion.binding_weight * match), aux
         grad_to = cfg.diffusion.binding_grad
         hinge_fn = model_fn_of(gradient_only_to(params, grad_to))
         rows_err = lambda c: loss_lib.rf_loss(
@@ -249,10 +262,22 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
                                    cfg.diffusion.binding_margin)
         aux = {"binding_loss": hinge, "binding_gap": gap,
                "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
-        loss = loss + cfg.diffusion.binding_weight * hinge
-      return loss, aux
+        return (loss, cfg.diffusion.binding_weight * hinge), aux
+      return (loss, jnp.zeros((), jnp.float32)), aux
 
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+    if contrast and cfg.diffusion.binding_project:
+      # PCGrad: one forward pass, a backward pass per term; where the contrast's gradient
+      # points against the denoising loss's, its component along that gradient is removed.
+      (plain, extra), vjp_fn, aux = jax.vjp(loss_fn, state["params"], has_aux=True)
+      g_plain, = vjp_fn((jnp.ones_like(plain), jnp.zeros_like(extra)))
+      g_extra, = vjp_fn((jnp.zeros_like(plain), jnp.ones_like(extra)))
+      grads, cos = project_conflict(g_plain, g_extra)
+      loss, aux = plain + extra, {**aux, "binding_cos": cos}
+    else:
+      def total_fn(params):
+        (plain, extra), aux = loss_fn(params)
+        return plain + extra, aux
+      (loss, aux), grads = jax.value_and_grad(total_fn, has_aux=True)(state["params"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     new = {"params": params, "opt": opt, "step": state["step"] + 1, "rng": rng,
