@@ -139,6 +139,23 @@ def _trainer(cfg):
   return run
 
 
+def _near_negatives(host, scale):
+  """`host` with every field's negative its own text plus scale * N(0, 1) (seeded), all
+  valid: near the text, so the hinge is active."""
+  rng = np.random.default_rng(2)
+  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():
+    emb = host[f"{field}_emb"]
+    host |= {e: (emb + scale * rng.standard_normal(emb.shape)).astype(emb.dtype),
+             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+  return host
+
+
+def _by_name(tree):
+  """{'a/b/c': leaf} of a params-shaped tree (flax boxes' attribute keys skipped)."""
+  names = lambda p: "/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
+  return {names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def test_train_step_adds_the_hinge_of_the_negative_text():
   """The contrast changes no draw of the step: with the negative equal to the text the gap
   is 0 and the loss is the plain loss + weight * log(1 + margin); with no valid negative it
@@ -212,19 +229,14 @@ def test_binding_grad_keeps_the_contrast_off_every_other_parameter(group):
   """diffusion.binding_grad: every parameter outside the group gets the gradient of the
   step without the contrast, the group's get another, and the loss is still the plain
   loss + weight * hinge; with 'all' the video path's gradient changes too."""
-  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
-  rng = np.random.default_rng(2)
-  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():  # near the text: the hinge is active
-    emb = host[f"{field}_emb"]
-    host |= {e: (emb + 0.1 * rng.standard_normal(emb.shape)).astype(emb.dtype),
-             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+  host = _near_negatives(benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3),
+                         0.1)
 
   def step(weight, grad="all"):
     cfg = _cfg(weight)
     cfg.train.grad_clip, cfg.diffusion.binding_grad = 0.0, grad
     metrics, g = _trainer(cfg)(host, grads=True)
-    names = lambda p: "/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
-    return metrics, {names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(g)}
+    return metrics, _by_name(g)
 
   (plain, want), (got, grads), (_, every) = step(0.0), step(0.5, group), step(0.5, "all")
   assert got["binding_frac"] == 1.0 and got["binding_loss"] > 0
@@ -272,19 +284,14 @@ def test_match_contrast_trains_the_head_and_blocks_but_not_the_output_layer():
   head's logistic loss; its gradient reaches the head and the shared blocks, and leaves the
   output layer (proj_out, scale_shift_table) with exactly the plain step's gradient, so the
   prediction is not pushed off its mean directly. Without the contrast the head gets none."""
-  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
-  rng = np.random.default_rng(2)
-  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():
-    emb = host[f"{field}_emb"]
-    host |= {e: (emb + 0.5 * rng.standard_normal(emb.shape)).astype(emb.dtype),
-             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+  host = _near_negatives(benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3),
+                         0.5)
 
   def step(weight, batch):
     cfg = _cfg(weight)
     cfg.train.grad_clip, cfg.dit.match_head, cfg.diffusion.binding_loss = 0.0, True, "match"
     metrics, g = _trainer(cfg)(batch, grads=True)
-    names = lambda p: "/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
-    return metrics, {names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(g)}
+    return metrics, _by_name(g)
 
   (plain, want), (got, grads) = step(0.0, host), step(0.5, host)
   assert "binding_loss" not in plain and got["binding_frac"] == 1.0
@@ -330,12 +337,8 @@ def test_binding_project_removes_the_contrasts_conflict_with_the_denoising_gradi
   """diffusion.binding_project: the step's gradient is the plain step's plus the contrast's
   (the full step's less the plain one's), projected off the plain gradient where they
   conflict: a float64 reference from the unprojected steps. The loss is unchanged."""
-  host = benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
-  rng = np.random.default_rng(2)
-  for field, (e, m, v) in encode.NEGATIVE_KEYS.items():
-    emb = host[f"{field}_emb"]
-    host |= {e: (emb + 0.1 * rng.standard_normal(emb.shape)).astype(emb.dtype),
-             m: host[f"{field}_mask"], v: np.ones(BATCH, bool)}
+  host = _near_negatives(benchmark.synthetic_batch(_cfg(0.5), BATCH, LATENT, TEXT_LEN, seed=3),
+                         0.1)
 
   def step(weight, project=False):
     cfg = _cfg(weight)

@@ -10,6 +10,13 @@ from sora_jax.diffusion import rectified_flow as rf
 X0_T_CLIP = 0.05
 
 
+def noised(x0_BTHWC, t_B, eps_BTHWC, cond_mask_BT):
+  """(x_t, t_BT): the network's input at per-sample timestep t_B, frames in cond_mask_BT
+  given clean (t = 0, so x_t = x0 there)."""
+  t_BT = jnp.where(cond_mask_BT, 0.0, t_B[:, None].astype(jnp.float32))
+  return rf.interpolate(x0_BTHWC, eps_BTHWC, t_BT), t_BT
+
+
 def rf_loss(model_fn, x0_BTHWC, t_B, eps_BTHWC, cond_mask_BT, prediction: str, cond=None,
             t_clip: float = X0_T_CLIP):
   """Returns (loss, per_sample_B): mean squared velocity error over unconditioned frames.
@@ -29,8 +36,7 @@ def rf_loss(model_fn, x0_BTHWC, t_B, eps_BTHWC, cond_mask_BT, prediction: str, c
   elements (float32); loss is its mean over the batch, so every sample weighs the same
   whatever its number of conditioned frames.
   """
-  t_BT = jnp.where(cond_mask_BT, 0.0, t_B[:, None].astype(jnp.float32))
-  x_t = rf.interpolate(x0_BTHWC, eps_BTHWC, t_BT)
+  x_t, t_BT = noised(x0_BTHWC, t_B, eps_BTHWC, cond_mask_BT)
   out = model_fn(x_t, t_BT, cond).astype(jnp.float32)
   x0 = x0_BTHWC.astype(jnp.float32)
   if prediction == "v":

@@ -33,7 +33,6 @@ from sora_jax.config_check import (BINDING_GRADS, COND_MASKS, ConfigError, eval_
 from sora_jax.data import encode
 from sora_jax.diffusion import loss as loss_lib
 from sora_jax.diffusion import masks as masks_lib
-from sora_jax.diffusion import rectified_flow as rf
 from sora_jax.diffusion import schedules
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text_encoder as text_lib
@@ -237,8 +236,7 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
         if cfg.diffusion.binding_loss == "match":
           # The matching head's logits of the text and of the negative on the same noised
           # clips; the prediction's errors stay out of it.
-          t_BT = jnp.where(cond_BT[rows], 0.0, t_B[rows][:, None])
-          x_t = rf.interpolate(x0[rows], eps[rows], t_BT)
+          x_t, t_BT = loss_lib.noised(x0[rows], t_B[rows], eps[rows], cond_BT[rows])
           logit = lambda e, m: dit.apply(
               {"params": params}, x_t, t_BT, e, m, deterministic=not cfg.dit.dropout,
               rngs={"dropout": k_dropout}, return_match=True)[1]
