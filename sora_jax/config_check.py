@@ -220,6 +220,11 @@ def check(cfg, mode: str) -> None:
   if d.binding_loss == "match" and not cfg.dit.match_head:
     raise ConfigError("diffusion.binding_loss='match' trains the DiT's matching head, which "
                       "this config lacks; set dit.match_head=True (or binding_loss='hinge')")
+  if d.motion_weight < 0:
+    raise ConfigError(f"diffusion.motion_weight={d.motion_weight}: use a weight >= 0 (0: off)")
+  if d.motion_weight > 0 and not cfg.dit.motion_head:
+    raise ConfigError("diffusion.motion_weight trains the DiT's motion head, which this config "
+                      "lacks; set dit.motion_head=True (or diffusion.motion_weight=0)")
   if d.binding_loss == "match" and d.binding_grad != "all":
     raise ConfigError(f"diffusion.binding_loss='match' with binding_grad={d.binding_grad!r}: "
                       "the matching head is outside that group and would never train; set "
@@ -243,6 +248,10 @@ def check(cfg, mode: str) -> None:
   if cfg.data.binding_negatives and cfg.data.name != "shapes_world":
     raise ConfigError(f"data.binding_negatives needs ShapesWorld specs (which name the objects), "
                       f"not data.name={cfg.data.name!r}; set data.binding_negatives=False")
+  if cfg.data.motion_labels and (cfg.data.name != "shapes_world" or cfg.weights):
+    raise ConfigError("data.motion_labels reads each pixel's object from a ShapesWorld render and "
+                      "its spec (data.name='shapes_world', our own VAE); set "
+                      "data.motion_labels=False")
   for k in ("num_steps", "log_every", "checkpoint_every"):
     if cfg.train[k] < 1:
       raise ConfigError(f"train.{k}={cfg.train[k]} must be >= 1")

@@ -51,6 +51,10 @@ def base_config() -> ml_collections.ConfigDict:
   # the motion phrases of a prompt whose two objects both move; names, sizes and order of
   # mention stay; captions get none).
   cfg.data.binding_swap = "color_shape"
+  # --mode=encode also stores, per clip and latent cell, the share of its pixels that belong
+  # to an object of each motion or to the background (shapes_world.motion_label_map): what
+  # diffusion.motion_weight teaches dit.motion_head to predict per token. ShapesWorld only.
+  cfg.data.motion_labels = False
 
   # ---------------------------------------------------------------- video VAE
   cfg.vae = C()
@@ -148,6 +152,10 @@ def base_config() -> ml_collections.ConfigDict:
   # sample for whether the text fits the video, which diffusion.binding_loss='match'
   # trains. Sampling never reads it. False: none (Wan 2.1).
   cfg.dit.match_head = False
+  # A motion head on the final hidden states: per video token, logits over ShapesWorld's
+  # motions (shapes_world.MOTIONS) of the object the token shows, which
+  # diffusion.motion_weight trains. Sampling never reads it. False: none (Wan 2.1).
+  cfg.dit.motion_head = False
 
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()
@@ -199,6 +207,14 @@ def base_config() -> ml_collections.ConfigDict:
   # latter, so the contrast cannot raise the denoising loss to first order. One backward
   # pass more on video steps; logs the two gradients' cosine (binding_cos).
   cfg.diffusion.binding_project = False
+  # Dense motion supervision (needs dit.motion_head and data encoded with
+  # data.motion_labels): on video clips' unconditioned frames, the cross-entropy of the
+  # motion head's per-token logits against the motions of the objects each token shows
+  # (tokens weighted by their object pixels; the background weighs nothing), weighted
+  # motion_weight (0: off) and added to the loss. At high noise only the text can tell
+  # which object makes which motion, so it asks for that binding directly, without pushing
+  # the prediction off its mean. No extra pass: the head reads the step's own forward pass.
+  cfg.diffusion.motion_weight = 0.0
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

@@ -79,6 +79,8 @@ def test_bad_clause_settings_are_one_clear_line(field, value, match):
     ("diffusion", "binding_grad", "video", "diffusion.binding_grad='video'"),
     ("diffusion", "binding_loss", "bce", "diffusion.binding_loss='bce'"),
     ("diffusion", "binding_loss", "match", "set dit.match_head=True"),
+    ("diffusion", "motion_weight", -0.1, "diffusion.motion_weight=-0.1: use a weight >= 0"),
+    ("diffusion", "motion_weight", 0.5, "set dit.motion_head=True"),
 ])
 def test_bad_binding_settings_are_one_clear_line(section, field, value, match, tmp_path):
   cfg = base_config()
@@ -274,3 +276,16 @@ def test_a_mode_before_its_prerequisite_names_the_missing_step(tmp_path, mode, f
   config_check.check(cfg, mode)
   with pytest.raises(config_check.ConfigError, match=f"run --mode={first} first"):
     getattr(importlib.import_module(module), fn)(cfg, str(tmp_path))
+
+
+def test_motion_labels_outside_shapes_world_are_refused(tmp_path):
+  """data.motion_labels reads objects from ShapesWorld renders and specs: another data set
+  is refused in one line that names the setting to drop."""
+  cfg = base_config()
+  cfg.data.motion_labels = True
+  config_check.check(cfg, "encode")
+  cfg.data.name, cfg.data.video_dir = "video_folder", str(tmp_path)
+  with pytest.raises(config_check.ConfigError, match="data.motion_labels reads each pixel.*"
+                     "set data.motion_labels=False") as e:
+    config_check.check(cfg, "encode")
+  assert "\n" not in str(e.value)

@@ -417,3 +417,47 @@ def test_match_head_reads_the_hidden_states_and_leaves_the_prediction_alone():
   assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, params["match_head"])
   with pytest.raises(ValueError, match="needs a DiT with match_head=True"):
     plain.apply({"params": base}, x, t, text, return_match=True)
+
+
+def test_motion_head_reads_the_hidden_states_and_leaves_the_prediction_alone():
+  """dit.motion_head: the prediction is the one without the head (same parameters); the
+  head gives one row of len(MOTIONS) logits per token, laid out (B, T/pt, H/ph, W/pw, K)
+  in the patch order of the prediction's own unpatchify, and follows a numpy reference of
+  MotionHead (LayerNorm, dim -> dim, SiLU, dim -> K) on the final hidden states; with the
+  match head too, both come back after the prediction; asking a DiT without the head for
+  its logits is a clear error."""
+  from sora_jax.data import shapes_world  # pylint: disable=g-import-not-at-top
+  k = len(shapes_world.MOTIONS)
+  # Unscanned layers, so flax records the last block's output (the final hidden states).
+  cfg = tiny_cfg(motion_head=True, scan_layers=False)
+  model, params = random_params(cfg)
+  plain = dit.dit_from_config(tiny_cfg(scan_layers=False))
+  x, t, text = inputs(2, 2, 4, 6)
+  base = {n: v for n, v in params.items() if n != "motion_head"}
+  out, logits = jax.jit(lambda p, *a: model.apply({"params": p}, *a, return_motion=True))(
+      params, x, t, text)
+  np.testing.assert_array_equal(out, jax.jit(plain.apply)({"params": base}, x, t, text))
+  assert logits.shape == (2, 2, 2, 3, k)
+  # The head on the final hidden states, as flax records them, in token order (f, gh, gw).
+  _, state = model.apply({"params": params}, x, t, text, return_motion=True,
+                         capture_intermediates=lambda mdl, _: mdl.name == "blocks_1",
+                         mutable=["intermediates"])
+  h = np.asarray(state["intermediates"]["blocks_1"]["__call__"][0][0])  # (B, L, dim)
+  p = jax.tree.map(np.asarray, params["motion_head"])
+  z = (h - h.mean(-1, keepdims=True)) / np.sqrt(h.var(-1, keepdims=True) + cfg.dit.eps)
+  a = z @ p["fc1"]["kernel"] + p["fc1"]["bias"]
+  want = (a / (1 + np.exp(-a))) @ p["fc2"]["kernel"] + p["fc2"]["bias"]  # (B, L, K)
+  for f in range(2):
+    for i in range(2):
+      for j in range(3):
+        np.testing.assert_allclose(logits[:, f, i, j], want[:, f * 6 + i * 3 + j], rtol=1e-4,
+                                   atol=1e-4)
+  both = dit.dit_from_config(tiny_cfg(motion_head=True, match_head=True, scan_layers=False))
+  both_params = {**params, "match_head": dit.init_match_head(tiny_cfg(match_head=True), 0)}
+  got = both.apply({"params": both_params}, x, t, text, return_match=True, return_motion=True)
+  assert len(got) == 3 and got[1].shape == (2,)
+  np.testing.assert_allclose(got[2], logits, rtol=1e-5, atol=1e-5)
+  fresh = dit.init_motion_head(cfg, 0)
+  assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, params["motion_head"])
+  with pytest.raises(ValueError, match="needs a DiT with a motion head"):
+    plain.apply({"params": base}, x, t, text, return_motion=True)

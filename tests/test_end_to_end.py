@@ -306,6 +306,46 @@ def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
   assert rows and all(np.isfinite(r["binding_loss"]) for r in rows), r.stdout[-2000:]
 
 
+def test_motion_labels_are_encoded_per_clip_and_train_the_motion_head(workdir, tmp_path):
+  """--mode=encode with data.motion_labels stores, per clip, shapes_world.motion_label_map
+  of its source video on the VAE's latent grid; --mode=train with diffusion.motion_weight
+  warm-started from a DiT without the head adds it and logs the motion terms; data without
+  the labels is refused in one line."""
+  from sora_jax.config_check import ConfigError  # pylint: disable=g-import-not-at-top
+  from sora_jax.data import build, encode, shapes_world  # pylint: disable=g-import-not-at-top
+  from sora_jax.training import train  # pylint: disable=g-import-not-at-top
+  cfg = tiny_config()
+  cfg.dit.motion_head, cfg.diffusion.motion_weight = True, 0.5
+  with pytest.raises(ConfigError, match=r"motion_weight=0.5 .* lacks; .*motion_labels=True") as e:
+    train.make_trainer(cfg, workdir)
+  assert "\n" not in str(e.value)
+
+  data = tmp_path / "data"
+  data.mkdir()
+  (data / "shapes_world").symlink_to(os.path.join(workdir, "data", "shapes_world"))
+  wd = tmp_path / "wd"
+  wd.mkdir()
+  (wd / "vae_checkpoints").symlink_to(os.path.join(workdir, "vae_checkpoints"))
+  flags = [f"--config.data.data_dir={data}", "--config.data.motion_labels=True"]
+  sora(str(wd), "--mode=encode", *flags)
+  cfg.data.data_dir = str(data)
+  assert encode.read_info(cfg, str(wd))["motion_labels"]
+  got = encode.data_source(cfg, str(wd), "train")[0]
+  src = build.source_builder(cfg, str(data)).as_data_source(split="train")
+  assert len(got) == len(src)
+  for i in range(len(src)):
+    video = np.asarray(src[i]["video"])
+    want = shapes_world.motion_label_map(video, json.loads(src[i]["spec"]), 4, 4)
+    assert got[i]["motion_labels"].shape == (*got[i]["latent_mean"].shape[:3], want.shape[-1])
+    np.testing.assert_allclose(got[i]["motion_labels"].astype(np.float32), want, atol=1e-3)
+  r = sora(str(wd), "--mode=train", "--config.train.num_steps=2", *flags,
+           "--config.dit.motion_head=True", "--config.diffusion.motion_weight=0.5",
+           f"--config.train.init_from={workdir}")
+  assert "dit.motion_head is new" in r.stdout, r.stdout[-2000:]
+  rows = [r for r in metrics.read_jsonl(str(wd / "metrics.jsonl")) if "motion_loss" in r]
+  assert rows and all(np.isfinite(r["motion_loss"]) and r["motion_loss"] > 0 for r in rows)
+
+
 def test_init_from_warm_starts_from_a_workdirs_ema(workdir):
   """train.init_from: the new run's params and EMA are the source's EMA, at step 0, sharded
   over a data=2 x fsdp=2 mesh; a DiT of other shapes is refused with the reason."""

@@ -43,8 +43,8 @@ INFO = "info.json"
 NULL_TEXT = "null_text.npz"
 
 
-def latent_features(z_dim: int, text_len: int, text_dim: int,
-                    negatives: bool = False) -> tfds.features.FeaturesDict:
+def latent_features(z_dim: int, text_len: int, text_dim: int, negatives: bool = False,
+                    motion_labels: bool = False) -> tfds.features.FeaturesDict:
   lat = tfds.features.Tensor(shape=(None, None, None, z_dim), dtype=np.float32, encoding="zlib")
   emb = tfds.features.Tensor(shape=(text_len, text_dim), dtype=np.float16)
   mask = tfds.features.Tensor(shape=(text_len,), dtype=np.bool_)
@@ -56,6 +56,10 @@ def latent_features(z_dim: int, text_len: int, text_dim: int,
   if negatives:
     for e, m, v in NEGATIVE_KEYS.values():
       features |= {e: emb, m: mask, v: tfds.features.Scalar(dtype=np.bool_)}
+  if motion_labels:
+    features["motion_labels"] = tfds.features.Tensor(
+        shape=(None, None, None, len(shapes_world.MOTION_CLASSES)), dtype=np.float16,
+        encoding="zlib")
   return tfds.features.FeaturesDict(features)
 
 
@@ -75,7 +79,8 @@ class EncodedLatents(tfds_shapes.ArrayRecordBuilder):
     return tfds.core.DatasetInfo(
         builder=self, description=__doc__,
         features=latent_features(i["z_dim"], i["text_len"], i["text_dim"],
-                                 i.get("binding_negatives", False)),
+                                 i.get("binding_negatives", False),
+                                 i.get("motion_labels", False)),
         metadata=tfds.core.MetadataDict())
 
   def _download_and_prepare(self, dl_manager, download_config=None):
@@ -198,9 +203,12 @@ def batches_in_fixed_order(cfg, source, ids_R, num_clips: int) -> list[dict]:
   return out
 
 
-def _encode_chunk(vae_apply, text, records: list[dict], negatives: str = "") -> dict:
+def _encode_chunk(vae_apply, text, records: list[dict], negatives: str = "",
+                  label_cell: tuple[int, int] | None = None) -> dict:
   """uint8 clips + texts of one bucket -> arrays of one staged chunk (with `negatives`, a
-  shapes_world.swap_subjects swap, also the NEGATIVE_KEYS of each text field)."""
+  shapes_world.swap_subjects swap, also the NEGATIVE_KEYS of each text field; with
+  `label_cell`, the VAE's (temporal, spatial) factors, also each clip's 'motion_labels':
+  shapes_world.motion_label_map on the latent grid)."""
   videos = np.stack([r["video"] for r in records]).astype(np.float32) / 127.5 - 1.0
   means, stds = [], []
   for i in range(0, len(videos), 16):  # bounded memory per encoder call
@@ -223,6 +231,10 @@ def _encode_chunk(vae_apply, text, records: list[dict], negatives: str = "") -> 
       neg_emb, neg_mask = text([str(t) if n is None else n for t, n in zip(out[field], swapped)])
       out |= {e: np.asarray(neg_emb, np.float16), m: np.asarray(neg_mask),
               v: np.array([n is not None for n in swapped])}
+  if label_cell:
+    out["motion_labels"] = np.stack([
+        shapes_world.motion_label_map(np.asarray(r["video"]), json.loads(s), *label_cell)
+        for r, s in zip(records, out["spec"])]).astype(np.float16)
   return out
 
 
@@ -300,10 +312,14 @@ def run(cfg, workdir: str) -> None:
   settings = stage / "settings.json"  # What the staged chunks hold (checked on resume).
   negatives = cfg.data.binding_swap if cfg.data.binding_negatives else ""
   want = {"binding_negatives": bool(negatives), "binding_swap": negatives}
+  label_cell = None
+  if cfg.data.motion_labels:
+    want["motion_labels"] = True
+    label_cell = (vae.temporal_factor, vae.spatial_factor)
   if settings.exists() and json.loads(settings.read_text()) != want:
     raise ConfigError(f"{stage} holds chunks encoded with {settings.read_text()}, not {want}; "
-                      "set data.binding_negatives / binding_swap as then, or delete the "
-                      "staging folder")
+                      "set data.binding_negatives / binding_swap / motion_labels as then, or "
+                      "delete the staging folder")
   if jax.process_index() == 0:
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(want))
@@ -321,7 +337,7 @@ def run(cfg, workdir: str) -> None:
       if c % nproc != pid or path.exists():
         continue
       _atomic_savez(path, _encode_chunk(vae_apply, text, [src[i] for i in range(lo, hi)],
-                                        negatives))
+                                        negatives, label_cell))
       print(f"[encode] {split} chunk {c + 1}/{len(split_chunks)} ({time.time() - t0:.0f}s)",
             flush=True)
   if nproc > 1:

@@ -356,6 +356,37 @@ def bound_prompts(spec: dict, seed: int) -> dict[str, tuple[str, dict]]:
   return out
 
 
+# Per-token classes of data.motion_labels: each object's motion, then the background.
+MOTION_CLASSES = MOTIONS + ("background",)
+
+
+def motion_label_map(video_THWC: np.ndarray, spec: dict, temporal: int, spatial: int) -> np.ndarray:
+  """(t, h, w, len(MOTION_CLASSES)) float32: per latent cell of a causal video VAE that
+  folds `temporal` frames and `spatial` x `spatial` pixels into one cell (latent frame 0:
+  frame 0 alone; latent frame i: frames (i-1)*temporal+1 .. i*temporal), the share of the
+  cell's pixels that belong to an object of each motion (MOTIONS) or to the background.
+  Pixels are told apart by colour (a clip's objects never share one, nor the background's),
+  so `video_THWC` must be a ShapesWorld render (uint8) of `spec`; ValueError otherwise.
+  What diffusion.motion_weight teaches the DiT's motion head to predict per token."""
+  T, H, W, _ = video_THWC.shape
+  if (T - 1) % temporal or H % spatial or W % spatial:
+    raise ValueError(f"a {T}x{H}x{W} clip does not fold into cells of {temporal} frames (after "
+                     f"the first) and {spatial}x{spatial} pixels")
+  cls = np.full((T, H, W), -1, np.int64)
+  palette = [(BACKGROUNDS[spec["background"]], MOTION_CLASSES.index("background"))]
+  palette += [(COLORS[o["color"]], MOTIONS.index(o["motion"])) for o in spec["objects"]]
+  for rgb, c in palette:
+    cls[np.all(video_THWC == np.asarray(rgb, video_THWC.dtype), axis=-1)] = c
+  if (cls < 0).any():
+    raise ValueError(f"{int((cls < 0).sum())} pixels have none of the spec's colours: motion "
+                     "labels need the ShapesWorld render of this very spec")
+  onehot = np.eye(len(MOTION_CLASSES), dtype=np.float32)[cls]  # (T, H, W, K)
+  h, w = H // spatial, W // spatial
+  cells = onehot.reshape(T, h, spatial, w, spatial, -1).mean(axis=(2, 4))
+  later = cells[1:].reshape((T - 1) // temporal, temporal, h, w, len(MOTION_CLASSES)).mean(axis=1)
+  return np.concatenate([cells[:1], later])
+
+
 def swap_caption_objects(caption: str, spec: dict) -> str:
   """A two-object clip's caption (`generate_clip`'s 'caption') with the objects' names
   ("large yellow triangle", and "the yellow triangle" where one refers to the other)

@@ -56,6 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sora_jax.data.shapes_world import MOTIONS
 from sora_jax.models.attention import attend
 from sora_jax.models.norms import RMSNorm, rms_normalize
 
@@ -506,6 +507,28 @@ class MatchHead(nn.Module):
     return jnp.mean(h[..., 0].astype(jnp.float32), axis=1)
 
 
+class MotionHead(nn.Module):
+  """Per video token, logits over the classes of `num_classes` (ShapesWorld: its motions,
+  shapes_world.MOTIONS) of the object the token shows: an MLP of each final hidden state
+  (affine-free LayerNorm, dim -> dim, SiLU, dim -> num_classes), trained by
+  diffusion.motion_weight against data.motion_labels. With most of the clip still noise,
+  only the text (and a given first frame) can say which object makes which motion, so the
+  head asks the blocks for that binding token by token. Not in Wan 2.1; sampling never
+  reads it."""
+  dim: int
+  num_classes: int
+  eps: float
+  dtype: Any
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    h = _layer_norm(x_BLD, self.eps).astype(self.dtype)
+    h = _dense(self.dim, ("embed", "mlp"), self.dtype, self.param_dtype, "fc1")(h)
+    h = _dense(self.num_classes, ("mlp", None), self.dtype, self.param_dtype, "fc2")(nn.silu(h))
+    return h.astype(jnp.float32)
+
+
 class WanDiT(nn.Module):
   """Wan 2.1-style DiT with per-frame timesteps (see the module docstring)."""
   in_channels: int
@@ -532,12 +555,13 @@ class WanDiT(nn.Module):
   text_refiner_gate_init: float = 0.0  # Their residual gates' initial value (0: identity).
   joint_attention: bool = False  # Double-stream MMDiT blocks (JointBlock) instead of Wan's.
   match_head: bool = False  # A MatchHead on the final hidden states (not in Wan 2.1).
+  motion_classes: int = 0  # Classes of a MotionHead on the final hidden states (0: none).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x_BTHWC, t, text_BLD, text_mask_BL=None, deterministic=True,
-               return_match=False):
+               return_match=False, return_motion=False):
     """Predicts (B, T, H, W, C_out) float32 from latents x_BTHWC.
 
     Args:
@@ -548,9 +572,13 @@ class WanDiT(nn.Module):
       deterministic: False enables dropout (needs a 'dropout' rng) when dit.dropout > 0.
       return_match: also return the MatchHead's (B,) logits (needs match_head), as
         (prediction, logits).
+      return_motion: also return the MotionHead's (B, T/pt, H/ph, W/pw, motion_classes)
+        logits per token (needs motion_classes), after the prediction and any match logits.
     """
     if return_match and not self.match_head:
       raise ValueError("return_match=True needs a DiT with match_head=True (dit.match_head)")
+    if return_motion and not self.motion_classes:
+      raise ValueError("return_motion=True needs a DiT with a motion head (dit.motion_head)")
     b, tt, hh, ww, c = x_BTHWC.shape
     pt, ph, pw = self.patch_size
     if tt % pt or hh % ph or ww % pw or c != self.in_channels:
@@ -623,6 +651,8 @@ class WanDiT(nn.Module):
     # Built whenever configured (so init creates its parameters); unused, XLA drops it.
     match_B = (MatchHead(self.dim, self.eps, self.dtype, self.param_dtype, name="match_head")(x)
                if self.match_head else None)
+    motion = (MotionHead(self.dim, self.motion_classes, self.eps, self.dtype, self.param_dtype,
+                         name="motion_head")(x) if self.motion_classes else None)
 
     e = _scale_shift_table(self, "scale_shift_table", 2)[None, None] + temb_BFD[:, :, None]
     h = _modulate(x, e[:, :, 0], e[:, :, 1], self.eps).astype(self.dtype)
@@ -632,7 +662,9 @@ class WanDiT(nn.Module):
     out = einops.rearrange(out.astype(jnp.float32),
                            "b (f gh gw) (pt ph pw c) -> b (f pt) (gh ph) (gw pw) c",
                            f=f, gh=gh, gw=gw, pt=pt, ph=ph, pw=pw)
-    return (out, match_B) if return_match else out
+    extras = ((match_B,) if return_match else ()) + (
+        (motion.reshape(b, f, gh, gw, self.motion_classes),) if return_motion else ())
+    return (out, *extras) if extras else out
 
 
 def dit_from_config(cfg) -> WanDiT:
@@ -648,6 +680,7 @@ def dit_from_config(cfg) -> WanDiT:
       text_refiner_layers=d.text_refiner_layers,
       text_refiner_gate_init=float(d.text_refiner_gate_init),
       joint_attention=bool(d.joint_attention), match_head=bool(d.match_head),
+      motion_classes=len(MOTIONS) if d.motion_head else 0,
       dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
@@ -689,6 +722,18 @@ def init_match_head(cfg, seed: int = 0) -> dict:
   if not model.match_head:
     raise ValueError("init_match_head: dit.match_head is False")
   head = MatchHead(model.dim, model.eps, model.dtype, model.param_dtype)
+  return nn.unbox(head.init(jax.random.key(seed), jnp.zeros((1, 1, model.dim), model.dtype))
+                  ["params"])
+
+
+def init_motion_head(cfg, seed: int = 0) -> dict:
+  """Fresh (unboxed) parameters of `cfg`'s MotionHead alone, as `params['motion_head']`
+  (train.init_from adds the head to a DiT trained without one; the prediction is
+  unchanged, as the head only reads the hidden states)."""
+  model = dit_from_config(cfg)
+  if not model.motion_classes:
+    raise ValueError("init_motion_head: dit.motion_head is False")
+  head = MotionHead(model.dim, model.motion_classes, model.eps, model.dtype, model.param_dtype)
   return nn.unbox(head.init(jax.random.key(seed), jnp.zeros((1, 1, model.dim), model.dtype))
                   ["params"])
 

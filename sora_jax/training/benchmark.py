@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sora_jax import config_check, paths
-from sora_jax.data import encode
+from sora_jax.data import encode, shapes_world
 from sora_jax.diffusion import schedules, solvers
 from sora_jax.models import dit as dit_lib
 from sora_jax.models import text_encoder as text_lib
@@ -64,6 +64,10 @@ def synthetic_batch(cfg, batch: int, latent_thwc, text_len: int, seed: int = 0) 
     neg = rng.standard_normal((batch, text_len, cfg.text.dim), np.float32)
     for e, m, v in encode.NEGATIVE_KEYS.values():
       out |= {e: neg, m: mask, v: np.ones(batch, bool)}
+  if cfg.diffusion.motion_weight > 0:  # data.motion_labels: per latent cell, pixel shares
+    k = len(shapes_world.MOTION_CLASSES)
+    shares = rng.dirichlet(np.ones(k), size=(batch, *latent_thwc[:3]))
+    out["motion_labels"] = shares.astype(np.float16)
   return out
 
 

@@ -80,9 +80,39 @@ def choose_negative(rng, batch: dict, field: str, use: str = "both"):
 
 def batch_keys(cfg) -> tuple[str, ...]:
   """What a train step of `cfg` reads of a batch (to_device moves nothing else)."""
+  keys = _BATCH_KEYS
   if cfg.diffusion.binding_weight > 0:
-    return _BATCH_KEYS + tuple(k for keys in encode.NEGATIVE_KEYS.values() for k in keys)
-  return _BATCH_KEYS
+    keys += tuple(k for keys in encode.NEGATIVE_KEYS.values() for k in keys)
+  if cfg.diffusion.motion_weight > 0:
+    keys += ("motion_labels",)
+  return keys
+
+
+def motion_label_loss(logits_BFGHK, labels_BTHWC, cond_BT, patch_size):
+  """(cross-entropy, KL, accuracy) of diffusion.motion_weight: the motion head's per-token
+  logits (B, F, GH, GW, K) against data.motion_labels (B, T, H, W, K + 1: per latent cell
+  the pixel shares of each motion, then of the background), pooled over each token's patch.
+
+  A token's target is the motions of its object pixels, normalised, and it weighs its
+  object share (the background weighs nothing); only frames not given clean count
+  (cond_BT per latent frame). The cross-entropy is the weighted mean over tokens; the KL is
+  it less the targets' entropy (0 when the head is exact); accuracy: how often the
+  head's top class is the target's, by the same weights. All 0 without an object pixel."""
+  pt, ph, pw = patch_size
+  b, f, gh, gw, k = logits_BFGHK.shape
+  labels = labels_BTHWC.astype(jnp.float32).reshape(b, f, pt, gh, ph, gw, pw, k + 1)
+  labels = labels.mean(axis=(2, 4, 6))
+  share = 1.0 - labels[..., k]
+  target = labels[..., :k] / jnp.maximum(share, 1e-6)[..., None]
+  free_BF = (~cond_BT.reshape(b, f, pt)).all(axis=2).astype(jnp.float32)
+  w = share * free_BF[:, :, None, None]
+  n = jnp.maximum(jnp.sum(w), 1e-6)
+  logp = jax.nn.log_softmax(logits_BFGHK.astype(jnp.float32), axis=-1)
+  ce = -jnp.sum(target * logp, axis=-1)
+  ent = -jnp.sum(jnp.where(target > 0, target * jnp.log(jnp.maximum(target, 1e-30)), 0.0), -1)
+  hit = (jnp.argmax(logits_BFGHK, -1) == jnp.argmax(target, -1)).astype(jnp.float32)
+  mean = lambda x: jnp.sum(x * w) / n
+  return mean(ce), mean(ce - ent), mean(hit)
 
 
 def binding_hinge(err_pos_B, err_neg_B, valid_B, margin: float):
@@ -198,8 +228,10 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
     keep_B = jax.random.uniform(k_drop, (b,)) >= cfg.diffusion.caption_dropout
     emb = jnp.where(keep_B[:, None, None], emb, null_emb[None])
     mask = jnp.where(keep_B[:, None], mask, null_mask[None])
-    # The binding contrast runs on video batches only (a single frame shows no motion).
+    # The binding contrast and the motion labels run on video batches only (a single frame
+    # shows no motion).
     contrast = cfg.diffusion.binding_weight > 0 and t > 1
+    motion = cfg.diffusion.motion_weight > 0 and t > 1
     if contrast:
       neg_emb, neg_mask, neg_valid_B = choose_negative(
           k_txt, batch, cfg.data.caption_field, cfg.diffusion.binding_field)
@@ -219,15 +251,28 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
       if use_lora:
         params = lora.merge(base, params, cfg.train)
 
-      def model_fn_of(p):
+      def model_fn_of(p, heads=None):
+        """The DiT's prediction; with `heads` (a dict), the motion head's logits of the same
+        forward pass are left in heads['motion'] as it traces."""
         def model_fn(x_t, t_BT, c):
-          return dit.apply({"params": p}, x_t, t_BT, c[0], c[1],
-                           deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout})
+          out = dit.apply({"params": p}, x_t, t_BT, c[0], c[1],
+                          deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout},
+                          return_motion=heads is not None)
+          if heads is None:
+            return out
+          out, heads["motion"] = out
+          return out
         return model_fn
-      loss, err_B = loss_lib.rf_loss(model_fn_of(params), x0, t_B, eps, cond_BT,
+      heads = {} if motion else None
+      loss, err_B = loss_lib.rf_loss(model_fn_of(params, heads), x0, t_B, eps, cond_BT,
                                      cfg.diffusion.prediction, cond=(emb, mask),
                                      t_clip=cfg.diffusion.x0_loss_t_clip)
       aux = {}
+      if motion:
+        ce, kl, acc = motion_label_loss(heads["motion"], batch["motion_labels"], cond_BT,
+                                        cfg.dit.patch_size)
+        aux = {"motion_loss": ce, "motion_kl": kl, "motion_acc": acc}
+        loss = loss + cfg.diffusion.motion_weight * ce
       if contrast:
         # The same clips, noise, t and clean frames with the negative text, on the half of
         # the batch where it applies (valid samples first; the rest weigh nothing).
@@ -242,8 +287,8 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
               rngs={"dropout": k_dropout}, return_match=True)[1]
           match, gap, acc = binding_match(logit(emb[rows], mask[rows]),
                                           logit(neg_emb[rows], neg_mask[rows]), valid_B[rows])
-          aux = {"binding_loss": match, "binding_gap": gap, "binding_acc": acc,
-                 "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
+          aux |= {"binding_loss": match, "binding_gap": gap, "binding_acc": acc,
+                  "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
           return (loss, cfg.diffusion.binding_weight * match), aux
         grad_to = cfg.diffusion.binding_grad
         hinge_fn = model_fn_of(gradient_only_to(params, grad_to))
@@ -258,8 +303,8 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
         err_pos = err_B[rows] if grad_to == "all" else rows_err((emb[rows], mask[rows]))
         hinge, gap = binding_hinge(err_pos, err_neg, valid_B[rows],
                                    cfg.diffusion.binding_margin)
-        aux = {"binding_loss": hinge, "binding_gap": gap,
-               "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
+        aux |= {"binding_loss": hinge, "binding_gap": gap,
+                "binding_frac": jnp.mean(valid_B[rows].astype(jnp.float32))}
         return (loss, cfg.diffusion.binding_weight * hinge), aux
       return (loss, jnp.zeros((), jnp.float32)), aux
 
@@ -353,6 +398,11 @@ def load_init_from(cfg, mesh, rules) -> dict:
     # it only reads the hidden states, so the prediction is what it was.
     params = {**params, "match_head": dit_lib.init_match_head(cfg, cfg.seed)}
     print("[train] train.init_from: dit.match_head is new: the head starts from its init",
+          flush=True)
+  if "motion_head" in want and "motion_head" not in params:
+    # The same for a motion head: it only reads the hidden states.
+    params = {**params, "motion_head": dit_lib.init_motion_head(cfg, cfg.seed)}
+    print("[train] train.init_from: dit.motion_head is new: the head starts from its init",
           flush=True)
   got_paths, want_paths = leaf_shapes(params), leaf_shapes(want)
   if got_paths != want_paths:
@@ -485,6 +535,11 @@ def make_trainer(cfg, workdir: str, mesh=None) -> Trainer:
         f"diffusion.binding_weight={cfg.diffusion.binding_weight} trains against negative texts "
         "the encoded data set lacks; encode with --config.data.binding_negatives=True into a "
         "new data.data_dir, or set diffusion.binding_weight=0")
+  if cfg.diffusion.motion_weight > 0 and not info.get("motion_labels"):
+    raise ConfigError(
+        f"diffusion.motion_weight={cfg.diffusion.motion_weight} trains against per-token motion "
+        "labels the encoded data set lacks; encode with --config.data.motion_labels=True into "
+        "a new data.data_dir, or set diffusion.motion_weight=0")
   want = text_lib.context_length(cfg)
   if info["text_len"] != want and not cfg.weights:
     raise ConfigError(
