@@ -220,6 +220,9 @@ def check(cfg, mode: str) -> None:
   if d.binding_loss == "match" and not cfg.dit.match_head:
     raise ConfigError("diffusion.binding_loss='match' trains the DiT's matching head, which "
                       "this config lacks; set dit.match_head=True (or binding_loss='hinge')")
+  if not 0 <= cfg.dit.motion_head_layer <= cfg.dit.num_layers:
+    raise ConfigError(f"dit.motion_head_layer={cfg.dit.motion_head_layer}: give a number of "
+                      f"blocks in 1..{cfg.dit.num_layers} (dit.num_layers), or 0 for all of them")
   if d.motion_weight < 0:
     raise ConfigError(f"diffusion.motion_weight={d.motion_weight}: use a weight >= 0 (0: off)")
   if d.motion_weight > 0 and not cfg.dit.motion_head:

@@ -156,6 +156,10 @@ def base_config() -> ml_collections.ConfigDict:
   # motions (shapes_world.MOTIONS) of the object the token shows, which
   # diffusion.motion_weight trains. Sampling never reads it. False: none (Wan 2.1).
   cfg.dit.motion_head = False
+  # How many blocks' output the motion head reads: 0 (all of them, the final hidden states,
+  # which the output layer reads too) or 1 .. num_layers - 1 (an inner layer, as REPA aligns
+  # an early one: the later blocks can turn what the head asks for into the prediction).
+  cfg.dit.motion_head_layer = 0
 
   # ---------------------------------------------------------------- objective
   cfg.diffusion = C()

@@ -461,3 +461,35 @@ def test_motion_head_reads_the_hidden_states_and_leaves_the_prediction_alone():
   assert jax.tree.map(np.shape, fresh) == jax.tree.map(np.shape, params["motion_head"])
   with pytest.raises(ValueError, match="needs a DiT with a motion head"):
     plain.apply({"params": base}, x, t, text, return_motion=True)
+
+
+def test_motion_head_layer_reads_that_blocks_output_scanned_or_not():
+  """dit.motion_head_layer=1: the head reads the first block's output (as flax records it,
+  unscanned), the scanned DiT with the same weights stacked gives the same logits and
+  prediction, and the prediction is the one without the head; a layer past num_layers is
+  a clear error."""
+  from sora_jax import config_check  # pylint: disable=g-import-not-at-top
+  cfg = tiny_cfg(motion_head=True, motion_head_layer=1, scan_layers=False)
+  model, params = random_params(cfg)
+  x, t, text = inputs(2, 2, 4, 4)
+  out, logits = model.apply({"params": params}, x, t, text, return_motion=True)
+  _, state = model.apply({"params": params}, x, t, text, return_motion=True,
+                         capture_intermediates=lambda mdl, _: mdl.name == "blocks_0",
+                         mutable=["intermediates"])
+  h = state["intermediates"]["blocks_0"]["__call__"][0][0]
+  want = dit.MotionHead(cfg.dit.dim, logits.shape[-1], cfg.dit.eps, jnp.float32,
+                        jnp.float32).apply({"params": params["motion_head"]}, h)
+  np.testing.assert_allclose(logits.reshape(want.shape), want, rtol=1e-5, atol=1e-5)
+  plain = dit.dit_from_config(tiny_cfg(scan_layers=False))
+  base = {n: v for n, v in params.items() if n != "motion_head"}
+  np.testing.assert_array_equal(out, plain.apply({"params": base}, x, t, text))
+  scanned = dit.dit_from_config(tiny_cfg(motion_head=True, motion_head_layer=1))
+  stacked = {n: v for n, v in params.items() if not n.startswith("blocks_")}
+  stacked["blocks"] = jax.tree.map(lambda *a: jnp.stack(a), params["blocks_0"], params["blocks_1"])
+  out2, logits2 = scanned.apply({"params": stacked}, x, t, text, return_motion=True)
+  np.testing.assert_allclose(out2, out, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(logits2, logits, rtol=1e-4, atol=1e-5)
+  bad = tiny_cfg(motion_head=True, motion_head_layer=3)
+  with pytest.raises(config_check.ConfigError, match="motion_head_layer=3: give a number of "
+                     "blocks in 1..2"):
+    config_check.check(bad, "train")

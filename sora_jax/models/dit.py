@@ -272,10 +272,14 @@ class _BlockFields(nn.Module):
   dtype: Any
   param_dtype: Any
   attention_block: int = 512
+  # Also emit the block's output video states as the scan's per-layer output (the motion
+  # head reads an inner layer's); False emits None.
+  emit: bool = False
 
 
 class Block(_BlockFields):
-  """One Wan block. __call__(x, ...) -> (x, None) so it can run under nn.scan."""
+  """One Wan block. __call__(x, ...) -> (x, x if emit else None) so it can run under
+  nn.scan."""
   cross_attn_norm: bool = True
 
   @nn.compact
@@ -305,7 +309,7 @@ class Block(_BlockFields):
     h = _modulate(x_BLD, shift_ff, scale_ff, self.eps).astype(self.dtype)
     h = FeedForward(self.dim, self.ffn_dim, self.dtype, self.param_dtype, name="ffn")(h)
     x_BLD = nn.with_logical_constraint(_gated_add(x_BLD, drop(h), gate_ff), act)
-    return x_BLD, None
+    return x_BLD, (x_BLD if self.emit else None)
 
 
 class JointAttention(nn.Module):
@@ -385,7 +389,7 @@ class JointBlock(_BlockFields):
         _gated_add(x_BLD, drop(ffn("ffn", x_BLD, e)), e[:, :, 5]), act)
     txt_BSD = nn.with_logical_constraint(
         _gated_add(txt_BSD, drop(ffn("ffn_text", txt_BSD, et)), et[:, :, 5]), act_t)
-    return (x_BLD, txt_BSD), None
+    return (x_BLD, txt_BSD), (x_BLD if self.emit else None)
 
 
 class FeedForward(nn.Module):
@@ -509,8 +513,9 @@ class MatchHead(nn.Module):
 
 class MotionHead(nn.Module):
   """Per video token, logits over the classes of `num_classes` (ShapesWorld: its motions,
-  shapes_world.MOTIONS) of the object the token shows: an MLP of each final hidden state
-  (affine-free LayerNorm, dim -> dim, SiLU, dim -> num_classes), trained by
+  shapes_world.MOTIONS) of the object the token shows: an MLP of each hidden state of the
+  final layer or of dit.motion_head_layer's (affine-free LayerNorm, dim -> dim, SiLU,
+  dim -> num_classes), trained by
   diffusion.motion_weight against data.motion_labels. With most of the clip still noise,
   only the text (and a given first frame) can say which object makes which motion, so the
   head asks the blocks for that binding token by token. Not in Wan 2.1; sampling never
@@ -556,6 +561,7 @@ class WanDiT(nn.Module):
   joint_attention: bool = False  # Double-stream MMDiT blocks (JointBlock) instead of Wan's.
   match_head: bool = False  # A MatchHead on the final hidden states (not in Wan 2.1).
   motion_classes: int = 0  # Classes of a MotionHead on the final hidden states (0: none).
+  motion_layer: int = 0  # Blocks whose output the MotionHead reads (0: all, the final states).
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
 
@@ -618,10 +624,14 @@ class WanDiT(nn.Module):
     if self.scan_unroll < 0:
       raise ValueError(f"dit.scan_unroll={self.scan_unroll}: give a number of layers per scan "
                        "iteration, or 0 for all of them")
+    if not 0 <= self.motion_layer <= self.num_layers:
+      raise ValueError(f"dit.motion_head_layer={self.motion_layer}: give a number of blocks in "
+                       f"1..{self.num_layers} (dit.num_layers), or 0 for all of them")
+    inner = bool(self.motion_classes) and 0 < self.motion_layer < self.num_layers
     kw = dict(dim=self.dim, ffn_dim=self.ffn_dim, num_heads=self.num_heads, qk_norm=self.qk_norm,
               eps=self.eps, dropout=self.dropout, deterministic=deterministic,
               impl=self.attention, dtype=self.dtype, param_dtype=self.param_dtype,
-              attention_block=self.attention_block)
+              attention_block=self.attention_block, emit=inner)
     if self.joint_attention:
       if self.attention in ("ulysses", "ring"):
         raise ValueError(f"dit.joint_attention runs one attention over video and text tokens; "
@@ -639,20 +649,24 @@ class WanDiT(nn.Module):
       block = nn.remat(block, prevent_cse=not self.scan_layers,
                        policy=_REMAT_POLICIES[self.remat_policy])
     if self.scan_layers:
-      carry, _ = nn.scan(
+      carry, emitted = nn.scan(
           block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast,) * len(args), length=self.num_layers,
           unroll=self.scan_unroll or self.num_layers,
           metadata_params={nn.PARTITION_NAME: "layers"})(**kw, name="blocks")(carry, *args)
+      hidden = emitted[self.motion_layer - 1] if inner else None
     else:
+      hidden = None
       for i in range(self.num_layers):
-        carry, _ = block(**kw, name=f"blocks_{i}")(carry, *args)
+        carry, y = block(**kw, name=f"blocks_{i}")(carry, *args)
+        hidden = y if inner and i == self.motion_layer - 1 else hidden
     x = carry[0] if self.joint_attention else carry
     # Built whenever configured (so init creates its parameters); unused, XLA drops it.
     match_B = (MatchHead(self.dim, self.eps, self.dtype, self.param_dtype, name="match_head")(x)
                if self.match_head else None)
     motion = (MotionHead(self.dim, self.motion_classes, self.eps, self.dtype, self.param_dtype,
-                         name="motion_head")(x) if self.motion_classes else None)
+                         name="motion_head")(x if hidden is None else hidden)
+              if self.motion_classes else None)
 
     e = _scale_shift_table(self, "scale_shift_table", 2)[None, None] + temb_BFD[:, :, None]
     h = _modulate(x, e[:, :, 0], e[:, :, 1], self.eps).astype(self.dtype)
@@ -680,7 +694,7 @@ def dit_from_config(cfg) -> WanDiT:
       text_refiner_layers=d.text_refiner_layers,
       text_refiner_gate_init=float(d.text_refiner_gate_init),
       joint_attention=bool(d.joint_attention), match_head=bool(d.match_head),
-      motion_classes=len(MOTIONS) if d.motion_head else 0,
+      motion_classes=len(MOTIONS) if d.motion_head else 0, motion_layer=int(d.motion_head_layer),
       dtype=jnp.dtype(d.dtype),
       param_dtype=jnp.dtype(d.param_dtype))
 
