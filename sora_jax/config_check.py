@@ -225,6 +225,8 @@ def check(cfg, mode: str) -> None:
                       f"blocks in 1..{cfg.dit.num_layers} (dit.num_layers), or 0 for all of them")
   if d.motion_weight < 0:
     raise ConfigError(f"diffusion.motion_weight={d.motion_weight}: use a weight >= 0 (0: off)")
+  if not 0.0 <= d.motion_t_min < 1.0:
+    raise ConfigError(f"diffusion.motion_t_min={d.motion_t_min}: use a noise level in [0, 1)")
   if d.motion_weight > 0 and not cfg.dit.motion_head:
     raise ConfigError("diffusion.motion_weight trains the DiT's motion head, which this config "
                       "lacks; set dit.motion_head=True (or diffusion.motion_weight=0)")

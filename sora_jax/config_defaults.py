@@ -219,6 +219,9 @@ def base_config() -> ml_collections.ConfigDict:
   # which object makes which motion, so it asks for that binding directly, without pushing
   # the prediction off its mean. No extra pass: the head reads the step's own forward pass.
   cfg.diffusion.motion_weight = 0.0
+  # Noise levels below this get no motion term: there the clip shows its motions, and the
+  # head's demand on the blocks competes with fine detail (docs/results.md).
+  cfg.diffusion.motion_t_min = 0.0
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

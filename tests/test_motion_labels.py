@@ -75,13 +75,15 @@ def test_motion_label_map_follows_a_per_pixel_loop_and_refuses_other_videos():
     sw.motion_label_map(video[:8], spec, 4, 4)
 
 
-def _reference_loss(logits, labels, cond, patch):
+def _reference_loss(logits, labels, cond, patch, keep=None):
   """float64 loops: per token, the patch's mean shares; target = motion shares / object
   share, weight = object share on frames not given clean."""
   pt, ph, pw = patch
   b, f, gh, gw, k = logits.shape
   num = ce_sum = kl_sum = hit_sum = 0.0
   for n in range(b):
+    if keep is not None and not keep[n]:
+      continue
     for i in range(f):
       if cond[n, i * pt:(i + 1) * pt].any():
         continue
@@ -116,6 +118,12 @@ def test_motion_label_loss_matches_a_float64_reference():
                                 (1, 2, 2))
   want = _reference_loss(logits, labels, cond, (1, 2, 2))
   np.testing.assert_allclose([float(v) for v in got], want, rtol=1e-4)
+  keep = np.array([True, False, True])  # diffusion.motion_t_min leaves sample 1 out
+  got = train.motion_label_loss(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(cond),
+                                (1, 2, 2), jnp.asarray(keep))
+  want_kept = _reference_loss(logits, labels, cond, (1, 2, 2), keep)
+  np.testing.assert_allclose([float(v) for v in got], want_kept, rtol=1e-4)
+  assert abs(want_kept[0] - want[0]) > 1e-3
   # Its gradient reaches neither given frames nor background-only tokens.
   g = np.asarray(jax.grad(lambda z: train.motion_label_loss(
       z, jnp.asarray(labels), jnp.asarray(cond), (1, 2, 2))[0])(jnp.asarray(logits)))

@@ -88,14 +88,15 @@ def batch_keys(cfg) -> tuple[str, ...]:
   return keys
 
 
-def motion_label_loss(logits_BFGHK, labels_BTHWC, cond_BT, patch_size):
+def motion_label_loss(logits_BFGHK, labels_BTHWC, cond_BT, patch_size, keep_B=None):
   """(cross-entropy, KL, accuracy) of diffusion.motion_weight: the motion head's per-token
   logits (B, F, GH, GW, K) against data.motion_labels (B, T, H, W, K + 1: per latent cell
   the pixel shares of each motion, then of the background), pooled over each token's patch.
 
   A token's target is the motions of its object pixels, normalised, and it weighs its
   object share (the background weighs nothing); only frames not given clean count
-  (cond_BT per latent frame). The cross-entropy is the weighted mean over tokens; the KL is
+  (cond_BT per latent frame), of the samples keep_B (bool; None: all). The cross-entropy
+  is the weighted mean over tokens; the KL is
   it less the targets' entropy (0 when the head is exact); accuracy: how often the
   head's top class is the target's, by the same weights. All 0 without an object pixel."""
   pt, ph, pw = patch_size
@@ -105,6 +106,8 @@ def motion_label_loss(logits_BFGHK, labels_BTHWC, cond_BT, patch_size):
   share = 1.0 - labels[..., k]
   target = labels[..., :k] / jnp.maximum(share, 1e-6)[..., None]
   free_BF = (~cond_BT.reshape(b, f, pt)).all(axis=2).astype(jnp.float32)
+  if keep_B is not None:
+    free_BF = free_BF * keep_B.astype(jnp.float32)[:, None]
   w = share * free_BF[:, :, None, None]
   n = jnp.maximum(jnp.sum(w), 1e-6)
   logp = jax.nn.log_softmax(logits_BFGHK.astype(jnp.float32), axis=-1)
@@ -270,7 +273,8 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
       aux = {}
       if motion:
         ce, kl, acc = motion_label_loss(heads["motion"], batch["motion_labels"], cond_BT,
-                                        cfg.dit.patch_size)
+                                        cfg.dit.patch_size,
+                                        t_B >= cfg.diffusion.motion_t_min)
         aux = {"motion_loss": ce, "motion_kl": kl, "motion_acc": acc}
         loss = loss + cfg.diffusion.motion_weight * ce
       if contrast:
