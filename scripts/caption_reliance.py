@@ -54,6 +54,9 @@ def binding_main():
     for t, row in r["by_t"].items():
       print(f"step {r['step']} t={t:>5}: " + "  ".join(
           f"{k} {v['ratio']:.3f}±{v['se']:.3f}" for k, v in row.items() if isinstance(v, dict)))
+    for t, row in r.get("motion_head", {}).items():
+      print(f"step {r['step']} t={t:>5}: motion head accuracy, right prompt {row['right']:.3f}, "
+            f"motions exchanged {row['motion']:.3f} ({row['clips']} clips)")
   record = {"num_clips": len(batch["x0"]), "split": _SPLIT.value, "rows": rows}
   if _TEXT.value:
     record["text_states"] = caption_reliance.text_state_binding(

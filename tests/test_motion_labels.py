@@ -174,3 +174,40 @@ def test_motion_weight_adds_the_heads_cross_entropy_and_leaves_the_output_layer(
   trainer = train.Trainer(cfg, stats, null, (BATCH, 1, *LATENT[1:]), TEXT_LEN)
   _, metrics = trainer.step(trainer.init_state(), trainer.to_device(image))
   assert "motion_loss" not in jax.device_get(metrics)
+
+
+def test_the_probe_scores_the_motion_head_with_the_right_and_the_exchanged_prompt():
+  """caption_reliance.measure_motion_head: per t, each clip's accuracy is
+  train.motion_label_loss's on that clip alone (frame 0 given), averaged over the
+  'motion_moving' clips only; the same text under both names scores alike, and a
+  different one does not."""
+  from sora_jax.eval import caption_reliance  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(__file__))
+  from test_dit import random_params, tiny_cfg  # pylint: disable=g-import-not-at-top
+  cfg = tiny_cfg(motion_head=True)
+  model, params = random_params(cfg)
+  rng = np.random.default_rng(5)
+  n, t_len = 5, 3
+  labels = rng.dirichlet(np.ones(K + 1), size=(n, t_len, 4, 4)).astype(np.float32)
+  right = rng.standard_normal((n, 6, 16)).astype(np.float32)
+  batch = {"x0": rng.standard_normal((n, t_len, 4, 4, 4)).astype(np.float32),
+           "emb": {"right": right, "motion": right.copy()},
+           "mask": {"right": np.ones((n, 6), bool), "motion": np.ones((n, 6), bool)},
+           "valid": {"motion_moving": np.array([1, 0, 1, 1, 0], bool)},
+           "motion_labels": labels}
+  got = caption_reliance.measure_motion_head(cfg, params, batch, ts=(0.9,), noise_draws=1,
+                                             cond_frames=1)["0.9"]
+  assert got["clips"] == 3 and got["right"] == pytest.approx(got["motion"])
+  eps = np.random.default_rng(0).standard_normal(batch["x0"].shape).astype(np.float32)
+  x_t = np.concatenate([batch["x0"][:, :1], 0.1 * batch["x0"][:, 1:] + 0.9 * eps[:, 1:]], 1)
+  t_BT = np.tile(np.array([0.0, 0.9, 0.9], np.float32), (n, 1))
+  logits = model.apply({"params": params}, x_t, t_BT, right, np.ones((n, 6), bool),
+                       return_motion=True)[1]
+  cond = np.tile(np.array([True, False, False]), (n, 1))
+  want = [float(train.motion_label_loss(logits[i:i + 1], labels[i:i + 1], cond[i:i + 1],
+                                        (1, 2, 2))[2]) for i in (0, 2, 3)]
+  assert got["right"] == pytest.approx(np.mean(want), abs=1e-5)
+  batch["emb"]["motion"] = rng.standard_normal((n, 6, 16)).astype(np.float32)
+  other = caption_reliance.measure_motion_head(cfg, params, batch, ts=(0.9,), noise_draws=1,
+                                               cond_frames=1)["0.9"]
+  assert other["right"] == pytest.approx(got["right"]) and other["motion"] != got["motion"]

@@ -153,9 +153,12 @@ def binding_batch(cfg, workdir: str, num_clips: int, text=None, split: str = "va
     e, m = text(texts[k])
     emb[k], mask[k] = np.asarray(e, np.float32), np.asarray(m, bool)
   mu, sigma = weights.load_latent_stats(workdir)
-  return {"x0": (np.stack([r["latent_mean"] for r in recs]) - mu) / sigma, "texts": texts,
-          "emb": emb, "mask": mask, "valid": {k: np.asarray(v) for k, v in valid.items()},
-          "shuffled": np.roll(np.arange(len(recs)), 1)}
+  out = {"x0": (np.stack([r["latent_mean"] for r in recs]) - mu) / sigma, "texts": texts,
+         "emb": emb, "mask": mask, "valid": {k: np.asarray(v) for k, v in valid.items()},
+         "shuffled": np.roll(np.arange(len(recs)), 1)}
+  if "motion_labels" in recs[0]:  # data.motion_labels: what measure_motion_head scores
+    out["motion_labels"] = np.stack([r["motion_labels"] for r in recs]).astype(np.float32)
+  return out
 
 
 def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 2,
@@ -217,6 +220,49 @@ def measure_binding(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 
   return out
 
 
+def measure_motion_head(cfg, params, batch: dict, ts=BINDING_TS, noise_draws: int = 2,
+                        seed: int = 0, cond_frames: int = 0) -> dict:
+  """{str(t): {'right', 'motion': accuracy, 'clips'}}: on the two-object clips whose
+  objects both move ('motion_moving'), how often the motion head (dit.motion_head) names
+  the true motion of each token's object (train.motion_label_loss's accuracy: tokens
+  weighted by object share, frames past `cond_frames` only), conditioned on the right
+  prompt and on the prompt with the two motions exchanged, the same noisy latents for
+  both (as measure_binding draws them). A head that reads from the text which object makes
+  which motion loses accuracy with the exchanged prompt; one that does not bind scores
+  both alike. Needs the batch's 'motion_labels' (data.motion_labels)."""
+  from sora_jax.training import train  # pylint: disable=g-import-not-at-top
+  if "motion_labels" not in batch:
+    raise ValueError("the motion head's binding needs clips encoded with data.motion_labels")
+  dit = dit_lib.dit_from_config(cfg)
+  patch = tuple(cfg.dit.patch_size)
+  x0 = batch["x0"]
+  n, frames = len(x0), x0.shape[1]
+  clean_1T = np.arange(frames)[None, :] < cond_frames
+
+  @jax.jit
+  def accuracy(p, x, t, e, m, labels, cond):
+    logits = dit.apply({"params": p}, x, t, e, m, return_motion=True)[1]
+    return jax.vmap(lambda lg, lb, c: train.motion_label_loss(
+        lg[None], lb[None], c[None], patch)[2])(logits, labels, cond)
+
+  rng = np.random.default_rng(seed)
+  eps = [rng.standard_normal(x0.shape).astype(np.float32) for _ in range(noise_draws)]
+  v = batch["valid"]["motion_moving"]
+  cond = jnp.asarray(np.broadcast_to(clean_1T, (n, frames)))
+  out = {}
+  for t in ts:
+    t_BT = jnp.asarray(np.where(clean_1T, 0.0, np.full((n, frames), t, np.float32)))
+    acc = {"right": 0.0, "motion": 0.0}
+    for e_ in eps:
+      x_t = jnp.asarray(np.where(clean_1T[..., None, None, None], x0, (1 - t) * x0 + t * e_))
+      for k in acc:
+        acc[k] = acc[k] + np.asarray(accuracy(params, x_t, t_BT, batch["emb"][k],
+                                              batch["mask"][k], batch["motion_labels"],
+                                              cond)) / noise_draws
+    out[str(t)] = {k: float(a[v].mean()) for k, a in acc.items()} | {"clips": int(v.sum())}
+  return out
+
+
 def binding_for_workdir(cfg, workdir: str, data_workdir: str | None = None,
                         num_clips: int = 64, ts=BINDING_TS, use_ema: bool = True,
                         step: int | None = None, batch: dict | None = None,
@@ -225,8 +271,11 @@ def binding_for_workdir(cfg, workdir: str, data_workdir: str | None = None,
   clips of `data_workdir` (default: the same workdir); pass `batch` to reuse one."""
   params, got = checkpoint.load_params(paths.dit_checkpoints(workdir), use_ema, step=step)
   batch = batch or binding_batch(cfg, data_workdir or workdir, num_clips)
-  return {"step": int(got), "num_clips": len(batch["x0"]), "cond_frames": int(cond_frames),
-          "by_t": measure_binding(cfg, params, batch, ts, cond_frames=cond_frames)}
+  out = {"step": int(got), "num_clips": len(batch["x0"]), "cond_frames": int(cond_frames),
+         "by_t": measure_binding(cfg, params, batch, ts, cond_frames=cond_frames)}
+  if cfg.dit.motion_head and "motion_labels" in batch:
+    out["motion_head"] = measure_motion_head(cfg, params, batch, ts, cond_frames=cond_frames)
+  return out
 
 
 def text_state_binding(text, num_prompts: int = 200) -> dict:
