@@ -222,6 +222,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Noise levels below this get no motion term: there the clip shows its motions, and the
   # head's demand on the blocks competes with fine detail (docs/results.md).
   cfg.diffusion.motion_t_min = 0.0
+  # The motion term on a pass of its own instead: half the batch again, frame 0 given and
+  # every other frame pure noise (t = 1), where the noised clip cannot show the motions and
+  # only the text can say which object makes which (motion_t_min unused). It costs a
+  # forward and backward pass of half the batch on video steps.
+  cfg.diffusion.motion_noise_pass = False
 
   # ---------------------------------------------------------------- training
   cfg.train = C()

@@ -211,3 +211,32 @@ def test_the_probe_scores_the_motion_head_with_the_right_and_the_exchanged_promp
   other = caption_reliance.measure_motion_head(cfg, params, batch, ts=(0.9,), noise_draws=1,
                                                cond_frames=1)["0.9"]
   assert other["right"] == pytest.approx(got["right"]) and other["motion"] != got["motion"]
+
+
+def test_the_noise_pass_scores_the_head_on_frame_0_and_pure_noise():
+  """diffusion.motion_noise_pass: the loss is the plain loss + weight * the motion term, the
+  plain part untouched (output layer gradient as the plain step's); the term does not move
+  when the clips' later frames change (they are pure noise there) and moves when frame 0
+  does."""
+
+  def cfg_of(weight):
+    cfg = _cfg(0.0)
+    cfg.train.grad_clip, cfg.dit.motion_head, cfg.diffusion.motion_weight = 0.0, True, weight
+    cfg.diffusion.motion_noise_pass = True
+    return cfg
+
+  host = benchmark.synthetic_batch(cfg_of(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
+  plain, want = _trainer(cfg_of(0.0))(host, grads=True)
+  run = _trainer(cfg_of(0.5))
+  got, grads = run(host, grads=True)
+  np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["motion_loss"], rtol=1e-5)
+  want, grads = _by_name(want), _by_name(grads)
+  for n in want:
+    if n.startswith(("proj_out/", "scale_shift_table")):
+      np.testing.assert_array_equal(grads[n], want[n], err_msg=n)
+  later = dict(host, latent_mean=host["latent_mean"].copy())
+  later["latent_mean"][:, 1:] += 3.0
+  assert run(later)["motion_loss"] == pytest.approx(got["motion_loss"], rel=1e-5)
+  first = dict(host, latent_mean=host["latent_mean"].copy())
+  first["latent_mean"][:, :1] += 3.0
+  assert abs(run(first)["motion_loss"] - got["motion_loss"]) > 1e-4

@@ -266,12 +266,26 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
           out, heads["motion"] = out
           return out
         return model_fn
-      heads = {} if motion else None
+      heads = {} if motion and not cfg.diffusion.motion_noise_pass else None
       loss, err_B = loss_lib.rf_loss(model_fn_of(params, heads), x0, t_B, eps, cond_BT,
                                      cfg.diffusion.prediction, cond=(emb, mask),
                                      t_clip=cfg.diffusion.x0_loss_t_clip)
       aux = {}
-      if motion:
+      if motion and cfg.diffusion.motion_noise_pass:
+        # Half the batch again with frame 0 given and every other frame pure noise (t = 1):
+        # only the text can say which of the objects in frame 0 makes which motion.
+        # Samples whose caption was dropped are left out.
+        r = max(1, b // 2)
+        first_RT = jnp.zeros((r, t), bool).at[:, 0].set(True)
+        x_t, t_RT = loss_lib.noised(x0[:r], jnp.ones((r,)), eps[:r], first_RT)
+        logits = dit.apply({"params": params}, x_t, t_RT, emb[:r], mask[:r],
+                           deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout},
+                           return_motion=True)[-1]
+        ce, kl, acc = motion_label_loss(logits, batch["motion_labels"][:r], first_RT,
+                                        cfg.dit.patch_size, keep_B[:r])
+        aux = {"motion_loss": ce, "motion_kl": kl, "motion_acc": acc}
+        loss = loss + cfg.diffusion.motion_weight * ce
+      elif motion:
         ce, kl, acc = motion_label_loss(heads["motion"], batch["motion_labels"], cond_BT,
                                         cfg.dit.patch_size,
                                         t_B >= cfg.diffusion.motion_t_min)
