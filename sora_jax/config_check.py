@@ -203,6 +203,9 @@ def check(cfg, mode: str) -> None:
                       "(0.05: velocity loss, 1: x0 MSE)")
   if d.t_std <= 0:
     raise ConfigError(f"diffusion.t_std={d.t_std} must be > 0 (logit-normal spread)")
+  if not 0.0 <= d.t_top_frac < 1.0 or not 0.0 <= d.t_top < 1.0:
+    raise ConfigError(f"diffusion.t_top_frac={d.t_top_frac} and t_top={d.t_top} must be in "
+                      "[0, 1) (a share of samples, and the lowest noise level they draw)")
   if d.shift <= 0:
     raise ConfigError(f"diffusion.shift={d.shift} must be > 0 (1 = no shift)")
   if d.shift_base_tokens < 1:

@@ -143,6 +143,27 @@ def test_timesteps_logit_normal_with_resolution_shift():
   assert abs(np.median(t_m) - jax.nn.sigmoid(1.0)) < 0.01
 
 
+def test_t_top_frac_draws_that_share_uniform_at_the_top():
+  """diffusion.t_top_frac: the other samples keep their logit-normal draws; the share at
+  or above t_top is t_top_frac + (1 - t_top_frac) * the logit-normal's own share there,
+  and the top draws are uniform in [t_top, 1)."""
+  cfg = base_config().diffusion
+  rng = jax.random.key(2)
+  base = np.asarray(schedules.sample_timesteps(rng, 40000, 80, cfg))
+  cfg.t_top_frac, cfg.t_top = 0.25, 0.95
+  t = np.asarray(schedules.sample_timesteps(rng, 40000, 80, cfg))
+  moved = t != base
+  assert abs(moved.mean() - 0.25) < 0.01
+  top = t[moved]
+  assert top.min() >= 0.95 and top.max() < 1.0 and abs(top.mean() - 0.975) < 0.001
+  want = 0.25 + 0.75 * (base >= 0.95).mean()
+  assert abs((t >= 0.95).mean() - want) < 0.01
+  bad = base_config()
+  bad.diffusion.t_top_frac = 1.0
+  with pytest.raises(config_check.ConfigError, match="t_top_frac=1.0 and t_top=0.95 must be"):
+    config_check.check(bad, "train")
+
+
 def test_num_tokens_and_sample_shift_rule():
   cfg = base_config()
   assert schedules.num_tokens((5, 8, 8), (1, 2, 2)) == 80

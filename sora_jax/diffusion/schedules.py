@@ -60,10 +60,17 @@ def sample_timesteps(rng, batch: int, tokens: int, cfg_diffusion) -> jnp.ndarray
   """Training timesteps t_B (float32): shift(sigmoid(N(t_mean, t_std)); resolution_shift).
 
   Logit-normal (SD3) puts most samples at intermediate t where the velocity is hardest
-  to predict; the shift then adapts the distribution to the sequence length.
+  to predict; the shift then adapts the distribution to the sequence length. With
+  diffusion.t_top_frac > 0, that share of the samples (each by a coin flip) is drawn
+  uniform in [t_top, 1) instead, from keys folded off `rng` (the other draws unchanged).
   """
   u = cfg_diffusion.t_mean + cfg_diffusion.t_std * jax.random.normal(rng, (batch,), jnp.float32)
-  return shift_time(jax.nn.sigmoid(u), resolution_shift(cfg_diffusion, tokens))
+  t = shift_time(jax.nn.sigmoid(u), resolution_shift(cfg_diffusion, tokens))
+  if cfg_diffusion.t_top_frac > 0:
+    k_pick, k_top = jax.random.split(jax.random.fold_in(rng, 1))
+    top = jax.random.uniform(k_top, (batch,), jnp.float32, cfg_diffusion.t_top, 1.0)
+    t = jnp.where(jax.random.bernoulli(k_pick, cfg_diffusion.t_top_frac, (batch,)), top, t)
+  return t
 
 
 def sigmas(steps: int, shift: float, start: float = 1.0,
