@@ -176,7 +176,7 @@ def base_config() -> ml_collections.ConfigDict:
   # noise levels where a clip no longer shows its motions, so only the text can say which
   # object makes which, get 3 % of the samples under the shipped recipe (docs/results.md).
   cfg.diffusion.t_top_frac = 0.0
-  cfg.diffusion.t_top = 0.95
+  cfg.diffusion.t_top = 0.95  # Lowest noise level of those top draws.
   # Base timestep shift (training t and the sampling schedule); scaled by
   # sqrt(tokens / shift_base_tokens). Flat ShapesWorld scenes stay recognisable up to
   # high noise, so 1.0 left t > 0.8 (where the caption decides the content) to 8% of
