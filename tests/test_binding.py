@@ -118,13 +118,13 @@ def _cfg(weight):
   return cfg
 
 
-def _trainer(cfg):
+def _trainer(cfg, latent=LATENT):
   """(trainer, run(host batch) -> the step's metrics (grads=True: and (1 - b1) * its
   gradient) from the same random, nonzero weights: the DiT's zero-initialised output
-  layers would make every text predict alike)."""
-  stats = (np.zeros(LATENT[-1], np.float32), np.ones(LATENT[-1], np.float32))
+  layers would make every text predict alike). `latent`: the (T, H, W, C) it is built for."""
+  stats = (np.zeros(latent[-1], np.float32), np.ones(latent[-1], np.float32))
   null = (np.zeros((TEXT_LEN, cfg.text.dim), np.float32), np.eye(1, TEXT_LEN, dtype=bool)[0])
-  trainer = train.Trainer(cfg, stats, null, (BATCH, *LATENT), TEXT_LEN)
+  trainer = train.Trainer(cfg, stats, null, (BATCH, *latent), TEXT_LEN)
   params = jax.device_get(trainer.init_state()["params"])
   rng = np.random.default_rng(0)
   params = jax.tree.map(lambda x: (x + 0.2 * rng.standard_normal(x.shape)).astype(x.dtype), params)
@@ -154,6 +154,25 @@ def _by_name(tree):
   """{'a/b/c': leaf} of a params-shaped tree (flax boxes' attribute keys skipped)."""
   names = lambda p: "/".join(str(k.key) for k in p if isinstance(k, jax.tree_util.DictKey))
   return {names(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _assert_output_layer_as_plain(want, grads):
+  """The output layer (proj_out, scale_shift_table) got exactly the plain step's gradient."""
+  for n in want:
+    if n.startswith(("proj_out/", "scale_shift_table")):
+      np.testing.assert_array_equal(grads[n], want[n], err_msg=n)
+
+
+def _assert_head_trains_the_blocks(want, grads, head, rel):
+  """An added term through the head `head` (by name): without it the head's 4 parameters
+  get no gradient, with it all of them do; the output layer's gradient is the plain
+  step's, and the shared blocks' differs from it by more than `rel` of its size."""
+  names = [n for n in want if n.startswith(f"{head}/")]
+  assert len(names) == 4 and all(np.all(want[n] == 0) for n in names)
+  assert all(np.abs(grads[n]).max() > 0 for n in names)
+  _assert_output_layer_as_plain(want, grads)
+  fc1 = "blocks/ffn/fc1/kernel"
+  assert np.abs(grads[fc1] - want[fc1]).max() > rel * np.abs(want[fc1]).max()
 
 
 def test_train_step_adds_the_hinge_of_the_negative_text():
@@ -297,14 +316,7 @@ def test_match_contrast_trains_the_head_and_blocks_but_not_the_output_layer():
   assert "binding_loss" not in plain and got["binding_frac"] == 1.0
   np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["binding_loss"], rtol=1e-5)
   assert 0.0 <= got["binding_acc"] <= 1.0 and abs(got["binding_gap"]) > 1e-4
-  head = [n for n in want if n.startswith("match_head/")]
-  assert len(head) == 4 and all(np.all(want[n] == 0) for n in head)
-  assert all(np.abs(grads[n]).max() > 0 for n in head)
-  for n in want:
-    if n.startswith(("proj_out/", "scale_shift_table")):
-      np.testing.assert_array_equal(grads[n], want[n], err_msg=n)
-  fc1 = "blocks/ffn/fc1/kernel"
-  assert np.abs(grads[fc1] - want[fc1]).max() > 1e-3 * np.abs(want[fc1]).max()
+  _assert_head_trains_the_blocks(want, grads, "match_head", 1e-3)
   # The negative equal to the text: equal logits, and the loss is at least 2 log 2.
   same = dict(host)
   for field, (e, m, _) in encode.NEGATIVE_KEYS.items():

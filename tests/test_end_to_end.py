@@ -259,6 +259,17 @@ def test_training_on_data_encoded_with_other_text_slots_is_refused(workdir):
   assert "\n" not in str(e.value)
 
 
+def _encode_dirs(workdir, tmp_path):
+  """(data_dir, workdir) under tmp_path for an encode of other settings: the data dir
+  links the module workdir's ShapesWorld source, the workdir its VAE checkpoints."""
+  data, wd = tmp_path / "data", tmp_path / "wd"
+  data.mkdir()
+  (data / "shapes_world").symlink_to(os.path.join(workdir, "data", "shapes_world"))
+  wd.mkdir()
+  (wd / "vae_checkpoints").symlink_to(os.path.join(workdir, "vae_checkpoints"))
+  return data, wd
+
+
 def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
   """--mode=encode with data.binding_negatives stores, per clip and field, the text
   encoder's states of shapes_world.swap_subjects(text, spec, data.binding_swap) (the
@@ -274,12 +285,7 @@ def test_binding_negatives_are_the_swapped_texts_and_train(workdir, tmp_path):
     train.make_trainer(cfg, workdir)
   assert "\n" not in str(e.value)
 
-  data = tmp_path / "data"
-  data.mkdir()
-  (data / "shapes_world").symlink_to(os.path.join(workdir, "data", "shapes_world"))
-  wd = tmp_path / "wd"
-  wd.mkdir()
-  (wd / "vae_checkpoints").symlink_to(os.path.join(workdir, "vae_checkpoints"))
+  data, wd = _encode_dirs(workdir, tmp_path)
   flags = [f"--config.data.data_dir={data}", "--config.data.binding_negatives=True",
            "--config.data.binding_swap=object"]
   sora(str(wd), "--mode=encode", *flags)
@@ -320,12 +326,7 @@ def test_motion_labels_are_encoded_per_clip_and_train_the_motion_head(workdir, t
     train.make_trainer(cfg, workdir)
   assert "\n" not in str(e.value)
 
-  data = tmp_path / "data"
-  data.mkdir()
-  (data / "shapes_world").symlink_to(os.path.join(workdir, "data", "shapes_world"))
-  wd = tmp_path / "wd"
-  wd.mkdir()
-  (wd / "vae_checkpoints").symlink_to(os.path.join(workdir, "vae_checkpoints"))
+  data, wd = _encode_dirs(workdir, tmp_path)
   flags = [f"--config.data.data_dir={data}", "--config.data.motion_labels=True"]
   sora(str(wd), "--mode=encode", *flags)
   cfg.data.data_dir = str(data)

@@ -13,10 +13,19 @@ from sora_jax.data import shapes_world as sw
 from sora_jax.training import benchmark, train
 
 sys.path.insert(0, os.path.dirname(__file__))
-from test_binding import BATCH, LATENT, TEXT_LEN, _by_name, _cfg, _trainer  # noqa: E402
+from test_binding import (BATCH, LATENT, TEXT_LEN, _assert_head_trains_the_blocks,  # noqa: E402
+                          _assert_output_layer_as_plain, _by_name, _cfg, _trainer)
 
 K = len(sw.MOTIONS)
 BG = sw.MOTION_CLASSES.index("background")
+
+
+def _motion_cfg(weight, noise_pass=False):
+  """test_binding's tiny config with a motion head, the term at `weight`, no clipping."""
+  cfg = _cfg(0.0)
+  cfg.train.grad_clip, cfg.dit.motion_head, cfg.diffusion.motion_weight = 0.0, True, weight
+  cfg.diffusion.motion_noise_pass = noise_pass
+  return cfg
 
 
 def test_motion_label_map_counts_each_objects_pixels():
@@ -146,12 +155,7 @@ def test_motion_weight_adds_the_heads_cross_entropy_and_leaves_the_output_layer(
   from the same forward pass (no draw changes); its gradient reaches the head and the
   shared blocks and leaves the output layer (proj_out, scale_shift_table) with exactly the
   plain step's gradient. Without the weight the head gets none; image batches get no term."""
-
-  def cfg_of(weight):
-    cfg = _cfg(0.0)
-    cfg.train.grad_clip, cfg.dit.motion_head, cfg.diffusion.motion_weight = 0.0, True, weight
-    return cfg
-
+  cfg_of = _motion_cfg
   host = benchmark.synthetic_batch(cfg_of(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
   plain, want = _trainer(cfg_of(0.0))(host, grads=True)
   got, grads = _trainer(cfg_of(0.5))(host, grads=True)
@@ -159,21 +163,10 @@ def test_motion_weight_adds_the_heads_cross_entropy_and_leaves_the_output_layer(
   assert "motion_loss" not in plain and got["motion_loss"] > 0
   np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["motion_loss"], rtol=1e-5)
   assert 0.0 <= got["motion_acc"] <= 1.0 and 0.0 < got["motion_kl"] < got["motion_loss"]
-  head = [n for n in want if n.startswith("motion_head/")]
-  assert len(head) == 4 and all(np.all(want[n] == 0) for n in head)
-  assert all(np.abs(grads[n]).max() > 0 for n in head)
-  for n in want:
-    if n.startswith(("proj_out/", "scale_shift_table")):
-      np.testing.assert_array_equal(grads[n], want[n], err_msg=n)
-  fc1 = "blocks/ffn/fc1/kernel"
-  assert np.abs(grads[fc1] - want[fc1]).max() > 1e-4 * np.abs(want[fc1]).max()
-  image = benchmark.synthetic_batch(cfg_of(0.5), BATCH, (1, *LATENT[1:]), TEXT_LEN, seed=3)
-  cfg = cfg_of(0.5)
-  stats = (np.zeros(LATENT[-1], np.float32), np.ones(LATENT[-1], np.float32))
-  null = (np.zeros((TEXT_LEN, cfg.text.dim), np.float32), np.eye(1, TEXT_LEN, dtype=bool)[0])
-  trainer = train.Trainer(cfg, stats, null, (BATCH, 1, *LATENT[1:]), TEXT_LEN)
-  _, metrics = trainer.step(trainer.init_state(), trainer.to_device(image))
-  assert "motion_loss" not in jax.device_get(metrics)
+  _assert_head_trains_the_blocks(want, grads, "motion_head", 1e-4)
+  image_latent = (1, *LATENT[1:])
+  image = benchmark.synthetic_batch(cfg_of(0.5), BATCH, image_latent, TEXT_LEN, seed=3)
+  assert "motion_loss" not in _trainer(cfg_of(0.5), image_latent)(image)
 
 
 def test_the_probe_scores_the_motion_head_with_the_right_and_the_exchanged_prompt():
@@ -218,22 +211,13 @@ def test_the_noise_pass_scores_the_head_on_frame_0_and_pure_noise():
   plain part untouched (output layer gradient as the plain step's); the term does not move
   when the clips' later frames change (they are pure noise there) and moves when frame 0
   does."""
-
-  def cfg_of(weight):
-    cfg = _cfg(0.0)
-    cfg.train.grad_clip, cfg.dit.motion_head, cfg.diffusion.motion_weight = 0.0, True, weight
-    cfg.diffusion.motion_noise_pass = True
-    return cfg
-
+  cfg_of = lambda weight: _motion_cfg(weight, noise_pass=True)
   host = benchmark.synthetic_batch(cfg_of(0.5), BATCH, LATENT, TEXT_LEN, seed=3)
   plain, want = _trainer(cfg_of(0.0))(host, grads=True)
   run = _trainer(cfg_of(0.5))
   got, grads = run(host, grads=True)
   np.testing.assert_allclose(got["loss"], plain["loss"] + 0.5 * got["motion_loss"], rtol=1e-5)
-  want, grads = _by_name(want), _by_name(grads)
-  for n in want:
-    if n.startswith(("proj_out/", "scale_shift_table")):
-      np.testing.assert_array_equal(grads[n], want[n], err_msg=n)
+  _assert_output_layer_as_plain(_by_name(want), _by_name(grads))
   later = dict(host, latent_mean=host["latent_mean"].copy())
   later["latent_mean"][:, 1:] += 3.0
   assert run(later)["motion_loss"] == pytest.approx(got["motion_loss"], rel=1e-5)

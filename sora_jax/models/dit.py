@@ -492,6 +492,14 @@ class TextRefiner(nn.Module):
     return x.astype(text_BSD.dtype)
 
 
+def _token_mlp(x_BLD, dim: int, out: int, eps: float, dtype, param_dtype):
+  """Per token: affine-free LayerNorm, dim -> dim, SiLU, dim -> out (float32), as the
+  calling module's 'fc1' / 'fc2' (the training-only heads below share it)."""
+  h = _layer_norm(x_BLD, eps).astype(dtype)
+  h = _dense(dim, ("embed", "mlp"), dtype, param_dtype, "fc1")(h)
+  return _dense(out, ("mlp", None), dtype, param_dtype, "fc2")(nn.silu(h)).astype(jnp.float32)
+
+
 class MatchHead(nn.Module):
   """Whether the text matches the video (BLIP's image-text matching head, for the binding
   contrast's diffusion.binding_loss='match'): a logit per sample, the mean over the video
@@ -505,10 +513,8 @@ class MatchHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD):
-    h = _layer_norm(x_BLD, self.eps).astype(self.dtype)
-    h = _dense(self.dim, ("embed", "mlp"), self.dtype, self.param_dtype, "fc1")(h)
-    h = _dense(1, ("mlp", None), self.dtype, self.param_dtype, "fc2")(nn.silu(h))
-    return jnp.mean(h[..., 0].astype(jnp.float32), axis=1)
+    h = _token_mlp(x_BLD, self.dim, 1, self.eps, self.dtype, self.param_dtype)
+    return jnp.mean(h[..., 0], axis=1)
 
 
 class MotionHead(nn.Module):
@@ -528,10 +534,7 @@ class MotionHead(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD):
-    h = _layer_norm(x_BLD, self.eps).astype(self.dtype)
-    h = _dense(self.dim, ("embed", "mlp"), self.dtype, self.param_dtype, "fc1")(h)
-    h = _dense(self.num_classes, ("mlp", None), self.dtype, self.param_dtype, "fc2")(nn.silu(h))
-    return h.astype(jnp.float32)
+    return _token_mlp(x_BLD, self.dim, self.num_classes, self.eps, self.dtype, self.param_dtype)
 
 
 class WanDiT(nn.Module):

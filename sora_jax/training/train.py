@@ -281,14 +281,13 @@ def make_fns(cfg, dit, tx, latent_stats, null_text, sample_shape, text_len):
         logits = dit.apply({"params": params}, x_t, t_RT, emb[:r], mask[:r],
                            deterministic=not cfg.dit.dropout, rngs={"dropout": k_dropout},
                            return_motion=True)[-1]
-        ce, kl, acc = motion_label_loss(logits, batch["motion_labels"][:r], first_RT,
-                                        cfg.dit.patch_size, keep_B[:r])
-        aux = {"motion_loss": ce, "motion_kl": kl, "motion_acc": acc}
-        loss = loss + cfg.diffusion.motion_weight * ce
+        scored = (logits, batch["motion_labels"][:r], first_RT, keep_B[:r])
       elif motion:
-        ce, kl, acc = motion_label_loss(heads["motion"], batch["motion_labels"], cond_BT,
-                                        cfg.dit.patch_size,
-                                        t_B >= cfg.diffusion.motion_t_min)
+        scored = (heads["motion"], batch["motion_labels"], cond_BT,
+                  t_B >= cfg.diffusion.motion_t_min)
+      if motion:
+        logits, labels, given, keep = scored
+        ce, kl, acc = motion_label_loss(logits, labels, given, cfg.dit.patch_size, keep)
         aux = {"motion_loss": ce, "motion_kl": kl, "motion_acc": acc}
         loss = loss + cfg.diffusion.motion_weight * ce
       if contrast:
