@@ -738,9 +738,7 @@ def init_match_head(cfg, seed: int = 0) -> dict:
   model = dit_from_config(cfg)
   if not model.match_head:
     raise ValueError("init_match_head: dit.match_head is False")
-  head = MatchHead(model.dim, model.eps, model.dtype, model.param_dtype)
-  return nn.unbox(head.init(jax.random.key(seed), jnp.zeros((1, 1, model.dim), model.dtype))
-                  ["params"])
+  return _init_head(MatchHead(model.dim, model.eps, model.dtype, model.param_dtype), model, seed)
 
 
 def init_motion_head(cfg, seed: int = 0) -> dict:
@@ -750,7 +748,12 @@ def init_motion_head(cfg, seed: int = 0) -> dict:
   model = dit_from_config(cfg)
   if not model.motion_classes:
     raise ValueError("init_motion_head: dit.motion_head is False")
-  head = MotionHead(model.dim, model.motion_classes, model.eps, model.dtype, model.param_dtype)
+  return _init_head(MotionHead(model.dim, model.motion_classes, model.eps, model.dtype,
+                               model.param_dtype), model, seed)
+
+
+def _init_head(head: nn.Module, model: WanDiT, seed: int) -> dict:
+  """Unboxed parameters of a head that reads `model`'s (B, L, dim) hidden states."""
   return nn.unbox(head.init(jax.random.key(seed), jnp.zeros((1, 1, model.dim), model.dtype))
                   ["params"])
 

@@ -410,17 +410,14 @@ def load_init_from(cfg, mesh, rules) -> dict:
     print(f"[train] train.init_from: dit.text_refiner_layers={cfg.dit.text_refiner_layers} "
           "is new: the refiner starts from its init (gates "
           f"{cfg.dit.text_refiner_gate_init:g})", flush=True)
-  if "match_head" in want and "match_head" not in params:
-    # A matching head added to a DiT trained without one (seeded: the same on every host);
-    # it only reads the hidden states, so the prediction is what it was.
-    params = {**params, "match_head": dit_lib.init_match_head(cfg, cfg.seed)}
-    print("[train] train.init_from: dit.match_head is new: the head starts from its init",
-          flush=True)
-  if "motion_head" in want and "motion_head" not in params:
-    # The same for a motion head: it only reads the hidden states.
-    params = {**params, "motion_head": dit_lib.init_motion_head(cfg, cfg.seed)}
-    print("[train] train.init_from: dit.motion_head is new: the head starts from its init",
-          flush=True)
+  for name, init in (("match_head", dit_lib.init_match_head),
+                     ("motion_head", dit_lib.init_motion_head)):
+    if name in want and name not in params:
+      # A head added to a DiT trained without one (seeded: the same on every host); it
+      # only reads the hidden states, so the prediction is what it was.
+      params = {**params, name: init(cfg, cfg.seed)}
+      print(f"[train] train.init_from: dit.{name} is new: the head starts from its init",
+            flush=True)
   got_paths, want_paths = leaf_shapes(params), leaf_shapes(want)
   if got_paths != want_paths:
     diff = sorted(set(got_paths.items()) ^ set(want_paths.items()))[:4]
